@@ -1,0 +1,242 @@
+"""One typed settings object, read from `rollback.toml` and from the environment.
+
+Where a value comes from, in order of precedence:
+
+1. environment variables named as in the operational guide (`API_BASE_URL`, `TEST_API_KEY`,
+   `TEST_BRANCH_API_KEY`, `TEST_REVOKED_API_KEY`, `DATABASE_URL`, `ROLLBACK_NOTIFY_URLS`);
+2. the TOML file named by `ROLLBACK_CONFIG`, else `rollback.toml` in the current directory;
+3. the defaults below.
+
+Secrets (API keys, the database URL, notification URLs) come only from the environment: a
+config file that holds one is refused, so that it never ends up in git or in a report.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from rollback.errors import ConfigError
+
+CONFIG_ENV = "ROLLBACK_CONFIG"
+DEFAULT_CONFIG_FILE = "rollback.toml"
+
+#: environment variable -> (section, field)
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "API_BASE_URL": ("target", "api_base_url"),
+    "TEST_API_KEY": ("secrets", "test_api_key"),
+    "TEST_BRANCH_API_KEY": ("secrets", "test_branch_api_key"),
+    "TEST_REVOKED_API_KEY": ("secrets", "test_revoked_api_key"),
+    "DATABASE_URL": ("secrets", "database_url"),
+    "ROLLBACK_NOTIFY_URLS": ("secrets", "notify_urls"),
+}
+_FIELD_TO_ENV = {v: k for k, v in ENV_VARS.items()}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Section):
+    """The platform being protected: its API, its code repository and how it is built and deployed."""
+
+    name: str = "production"
+    api_base_url: str = "http://127.0.0.1:8000"
+    repo: Path | None = None
+    branch: str = "main"
+    remote: str = "origin"
+    phase_trailer: str = "Rollback-Phase"
+    build_command: str | None = None
+    deploy_mode: Literal["command", "push", "manual"] = "command"
+    deploy_command: str | None = "vercel --prod --yes"
+    deploy_timeout_s: float = Field(default=300.0, gt=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    expected_version: str | None = None
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _is_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s) URL such as https://api.example.com, got {value!r}")
+        return value.rstrip("/")
+
+
+class Thresholds(_Section):
+    """Limits the checks and the monitor compare against (the guide's figures by default)."""
+
+    warn_ms: float = Field(default=500.0, gt=0)
+    alert_ms: float = Field(default=1000.0, gt=0)
+    error_rate: float = Field(default=0.05, ge=0, le=1)
+    sample_size: int = Field(default=20, ge=1, le=1000)
+    db_connect_ms: float = Field(default=2000.0, gt=0)
+    traffic_window_min: float = Field(default=15.0, gt=0)
+    fase3_max_slowdown: float = Field(default=3.0, ge=1)
+    check_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _warn_below_alert(self) -> Thresholds:
+        if self.warn_ms >= self.alert_ms:
+            raise ValueError(
+                f"warn_ms ({self.warn_ms:g}) must be below alert_ms ({self.alert_ms:g})"
+            )
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"Thresholds(warn {self.warn_ms:g} ms, alert {self.alert_ms:g} ms, "
+            f"error rate {self.error_rate:.1%}, sample {self.sample_size})"
+        )
+
+
+class Secrets(_Section):
+    """Values read only from the environment; shown as '**********' everywhere."""
+
+    test_api_key: SecretStr | None = None
+    test_branch_api_key: SecretStr | None = None
+    test_revoked_api_key: SecretStr | None = None
+    database_url: SecretStr | None = None
+    notify_urls: SecretStr | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _is_postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError("expected a postgresql:// URL such as postgresql://user:pass@host:5432/db")
+        return value
+
+    def values(self) -> list[str]:
+        """Every secret value that is set, for redaction."""
+        found = []
+        for name in type(self).model_fields:
+            secret = getattr(self, name)
+            if secret is not None and secret.get_secret_value():
+                found.append(secret.get_secret_value())
+        return found
+
+
+class Retention(_Section):
+    """Days that files under `logs/` are kept (the guide's backup strategy)."""
+
+    rollback_days: int = Field(default=90, ge=1)
+    validation_days: int = Field(default=30, ge=1)
+    health_days: int = Field(default=7, ge=1)
+
+
+class Paths(_Section):
+    reports_dir: Path = Path("reports")
+    logs_dir: Path = Path("logs")
+
+
+class Settings(_Section):
+    """Everything the toolkit knows about its target. Build it with `load_settings()`."""
+
+    target: Target = Target()
+    thresholds: Thresholds = Thresholds()
+    retention: Retention = Retention()
+    paths: Paths = Paths()
+    secrets: Secrets = Secrets()
+    source: Path | None = None
+
+    def require_database_url(self) -> str:
+        if self.secrets.database_url is None:
+            raise ConfigError(
+                "DATABASE_URL is not set: export it, or run `eval \"$(rollback sandbox env)\"` "
+                "to target the sandbox"
+            )
+        return self.secrets.database_url.get_secret_value()
+
+    def require_api_key(self) -> str:
+        if self.secrets.test_api_key is None:
+            raise ConfigError(
+                "TEST_API_KEY is not set: export a valid key of the target (tis_live_... or "
+                "tis_test_...), or run `eval \"$(rollback sandbox env)\"`"
+            )
+        return self.secrets.test_api_key.get_secret_value()
+
+
+def _config_path(env: Mapping[str, str]) -> Path | None:
+    named = env.get(CONFIG_ENV)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_ENV}={named}: no such file; point it at a rollback.toml")
+        return path
+    default = Path.cwd() / DEFAULT_CONFIG_FILE
+    return default if default.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    if "secrets" in data or any(
+        isinstance(section, dict) and key in Secrets.model_fields
+        for section in data.values()
+        for key in (section if isinstance(section, dict) else {})
+    ):
+        raise ConfigError(
+            f"{path}: secrets (API keys, DATABASE_URL, notification URLs) are read only from "
+            "the environment; remove them from the file and export them instead"
+        )
+    return data
+
+
+def _describe(error: Mapping[str, Any], path: Path | None) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    where = _FIELD_TO_ENV.get(loc[:2]) if len(loc) >= 2 else None
+    if where is None:
+        dotted = ".".join(loc)
+        where = f"{path}: [{loc[0]}] {'.'.join(loc[1:])}" if path and len(loc) > 1 else dotted
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting (check its spelling against the README)"
+    return f"{where}: {message}"
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build the settings from the config file, the environment and explicit overrides.
+
+    Raises ConfigError with one line naming the variable or key at fault.
+    """
+    env = os.environ if env is None else env
+    path = _config_path(env)
+    data: dict[str, Any] = _read_toml(path) if path else {}
+    for section in data.values():
+        if isinstance(section, dict) and isinstance(section.get("repo"), str) and path:
+            section["repo"] = str((path.parent / section["repo"]).expanduser())
+    for var, (section, field) in ENV_VARS.items():
+        value = env.get(var)
+        if value:
+            data.setdefault(section, {})[field] = value
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    data["source"] = path
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], path)) from None
