@@ -1,0 +1,167 @@
+"""The `rollback` command. It parses options, calls the library, and turns errors into one line.
+
+Exit codes: 0 done/healthy, 1 a step or check failed, 2 bad usage or configuration,
+130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from rollback.errors import RollbackError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def edge(func: F) -> F:
+    """Run a command; a RollbackError becomes one line on stderr and its exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RollbackError as exc:
+            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rollback-toolkit")
+def cli() -> None:
+    """Roll a release phase back safely, prove the system healthy, tell the people who must know.
+
+    \b
+    Example:
+      rollback sandbox up && eval "$(rollback sandbox env)" && rollback validate fase2
+    """
+
+
+# --- sandbox -----------------------------------------------------------------------------------
+
+DIR_OPTION = click.option(
+    "--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=Path(".sandbox"),
+    show_default=True, help="Folder that holds the sandbox.",
+)
+
+
+@cli.group()
+def sandbox() -> None:
+    """A runnable stand-in for the platform: API, PostgreSQL and a git repo with the phases."""
+
+
+@sandbox.command("up")
+@DIR_OPTION
+@click.option("--port", type=click.IntRange(1, 65535), help="API port (default: a free one).")
+@click.option("--tenants", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--keys", type=click.IntRange(1, 50_000_000), help="Grow api_keys to N rows.")
+@click.option("--seed", "seed_value", type=int, default=42, show_default=True)
+@click.option("--database-url", help="Use this PostgreSQL instead of the embedded one (never DATABASE_URL).")
+@click.option("--reset", is_flag=True, help="Rebuild: drop what the database or folder holds.")
+@edge
+def sandbox_up(root: Path, port: int | None, tenants: int, keys: int | None, seed_value: int,
+               database_url: str | None, reset: bool) -> None:
+    """Start the sandbox at FASE 3, seeded, and wait until its API is healthy.
+
+    \b
+    Example:
+      rollback sandbox up --tenants 50 --seed 42
+      rollback sandbox up --keys 1000000 --reset
+    """
+    from sandbox import control
+
+    state, started = control.up(root, port=port, tenants=tenants, keys=keys, seed_value=seed_value,
+                                database_url=database_url, reset=reset,
+                                log=lambda line: out.print(f"  {line}"))
+    if not started:
+        out.print(f"sandbox already running at {state.api_base_url} (dir {state.dir})")
+        return
+    out.print(f"[bold green]sandbox up[/] at {state.api_base_url} (dir {state.dir})")
+    out.print('  point every command at it:  eval "$(rollback sandbox env'
+              + (f" --dir {root}" if root != Path('.sandbox') else "") + ')"')
+    out.print('  try:  curl -H "Authorization: Bearer $TEST_API_KEY" "$API_BASE_URL/v1/leads"')
+    out.print("  stop: rollback sandbox down")
+
+
+@sandbox.command("env")
+@DIR_OPTION
+@edge
+def sandbox_env(root: Path) -> None:
+    """Print export lines for API_BASE_URL, the test keys, DATABASE_URL and ROLLBACK_CONFIG.
+
+    \b
+    Example:
+      eval "$(rollback sandbox env)"
+    """
+    from sandbox import control
+
+    click.echo("\n".join(control.env_lines(root)))
+
+
+@sandbox.command("deploy")
+@DIR_OPTION
+@edge
+def sandbox_deploy(root: Path) -> None:
+    """Restart the sandbox API from the repository's current checkout (its deploy command).
+
+    \b
+    Example:
+      rollback sandbox deploy
+    """
+    from sandbox import control
+
+    version = control.deploy(root)
+    out.print(f"deployed {version[:12]}")
+
+
+@sandbox.command("status")
+@DIR_OPTION
+@edge
+def sandbox_status(root: Path) -> None:
+    """Show what runs: database, API, deployed version, phases present in the checkout.
+
+    \b
+    Example:
+      rollback sandbox status
+    """
+    from sandbox import control
+
+    for key, value in control.status(root).items():
+        out.print(f"{key:>20}: {value}")
+
+
+@sandbox.command("down")
+@DIR_OPTION
+@edge
+def sandbox_down(root: Path) -> None:
+    """Stop everything that `up` started. Data stay; `up` starts it again, `up --reset` rebuilds.
+
+    \b
+    Example:
+      rollback sandbox down
+    """
+    from sandbox import control
+
+    out.print("sandbox stopped" if control.down(root) else f"no sandbox in {root}")
+
+
+def main() -> None:
+    cli(prog_name="rollback")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""Bring the sandbox platform up and down: PostgreSQL, the platform's git repo, and its API server.
+
+Everything lives in one folder (default `.sandbox/`):
+
+    .sandbox/
+      sandbox.json      state: ports, pids, database URL, known raw keys (mode 0600: secrets)
+      rollback.toml     the sandbox described as a target, for ROLLBACK_CONFIG
+      chaos.json        optional fault injection read by the running server
+      postgres/         the embedded cluster (absent with --database-url)
+      platform/         the platform's git checkout the server runs from
+      origin.git/       its bare `origin`
+      api.log           the server's output
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from rollback.errors import StepFailed, UsageError
+from sandbox import repo, seed
+from sandbox.postgres import EmbeddedPostgres
+
+DEFAULT_DIR = Path(".sandbox")
+DATABASE = "platform"
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class State:
+    """What `up` started; written to sandbox.json so that later commands find it."""
+
+    dir: str
+    api_port: int
+    database_url: str
+    embedded: bool
+    pg_port: int | None = None
+    pg_password: str | None = None
+    api_pid: int | None = None
+    tenants: int = 0
+    seed: int = 0
+    keys: dict[str, str] = field(default_factory=dict)
+    tenant_id: str = ""
+    branch_id: str = ""
+
+    @property
+    def root(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def api_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def checkout(self) -> Path:
+        return self.root / "platform"
+
+    @property
+    def chaos_file(self) -> Path:
+        return self.root / "chaos.json"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "rollback.toml"
+
+    def postgres(self) -> EmbeddedPostgres | None:
+        if not self.embedded or self.pg_port is None or self.pg_password is None:
+            return None
+        return EmbeddedPostgres(root=self.root / "postgres", port=self.pg_port, password=self.pg_password)
+
+    def save(self) -> None:
+        path = self.root / "sandbox.json"
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, root: Path) -> State | None:
+        path = root / "sandbox.json"
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            raise UsageError(f"{path} is corrupt: remove {root} and run `rollback sandbox up`") from None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (our own exited child) is not alive
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def health(state: State, timeout: float = 2.0) -> dict[str, Any] | None:
+    try:
+        response = httpx.get(f"{state.api_base_url}/health", timeout=timeout)
+        payload = response.json()
+        return payload if isinstance(payload, dict) else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def is_running(state: State) -> bool:
+    return _pid_alive(state.api_pid) and health(state) is not None
+
+
+def _database_has_tables(url: str) -> bool:
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema NOT IN "
+            "('pg_catalog', 'information_schema')"
+        ).fetchone()
+        return bool(row and row[0])
+
+
+def _reset_database(url: str) -> None:
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        schemas = [r[0] for r in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+            "AND nspname NOT IN ('information_schema')"
+        )]
+        for name in schemas:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+        conn.execute("CREATE SCHEMA public")
+
+
+def apply_migrations(url: str, checkout: Path) -> list[str]:
+    """Apply the checkout's up migrations in order, each in its own transaction, once."""
+    applied = []
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                     "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.commit()
+        done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        for path in repo.migration_files(checkout):
+            if path.stem in done:
+                continue
+            with conn.transaction():
+                conn.execute(path.read_text())  # type: ignore[call-overload]
+                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
+            applied.append(path.stem)
+    return applied
+
+
+def _write_target_config(state: State) -> None:
+    deploy = f"{shlex.quote(sys.executable)} -m rollback.cli sandbox deploy --dir {shlex.quote(state.dir)}"
+    state.config_file.write_text(
+        "# The sandbox described as a rollback target (written by `rollback sandbox up`).\n"
+        "[target]\n"
+        'name = "sandbox"\n'
+        f'api_base_url = "{state.api_base_url}"\n'
+        f"repo = {json.dumps(str(state.checkout))}\n"
+        f"build_command = {json.dumps(shlex.quote(sys.executable) + ' build.py')}\n"
+        'deploy_mode = "command"\n'
+        f"deploy_command = {json.dumps(deploy)}\n"
+        "deploy_timeout_s = 60\n"
+    )
+
+
+def start_api(state: State) -> None:
+    """Start the server from the checkout as it is now, in its own session, and wait for health."""
+    version = repo.head(state.checkout)
+    env = {
+        **os.environ,
+        "PLATFORM_DATABASE_URL": state.database_url,
+        "PLATFORM_VERSION": version,
+        "PLATFORM_CHAOS_FILE": str(state.chaos_file),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    for secret in ("DATABASE_URL", "TEST_API_KEY", "TEST_BRANCH_API_KEY", "TEST_REVOKED_API_KEY"):
+        env.pop(secret, None)
+    log = (state.root / "api.log").open("ab")
+    log_fd = log.fileno()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+         "--port", str(state.api_port), "--app-dir", str(state.checkout), "--no-access-log",
+         "--timeout-graceful-shutdown", "5"],
+        cwd=state.checkout, env=env, stdout=log_fd, stderr=log_fd, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    state.api_pid = process.pid
+    state.save()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StepFailed(f"sandbox API exited with {process.returncode} at start: "
+                             f"see {state.root / 'api.log'}")
+        payload = health(state, timeout=1.0)
+        if payload and payload.get("version") == version:
+            return
+        time.sleep(0.1)
+    raise StepFailed(f"sandbox API did not answer /health within {START_TIMEOUT_S:g} s: "
+                     f"see {state.root / 'api.log'}")
+
+
+def stop_api(state: State) -> None:
+    pid = state.api_pid
+    if _pid_alive(pid):
+        assert pid is not None
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    try:  # reap it if it is our child
+        if pid:
+            os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    state.api_pid = None
+    state.save()
+
+
+def up(
+    root: Path = DEFAULT_DIR,
+    *,
+    port: int | None = None,
+    tenants: int = 50,
+    keys: int | None = None,
+    seed_value: int = 42,
+    database_url: str | None = None,
+    reset: bool = False,
+    log: Any = print,
+) -> tuple[State, bool]:
+    """Start the sandbox. Returns the state and whether anything new was started."""
+    root = root.resolve()
+    existing = State.load(root)
+    if existing and is_running(existing):
+        return existing, False
+    if tenants < 1:
+        raise UsageError(f"--tenants must be at least 1, got {tenants}")
+    if keys is not None and keys < 1:
+        raise UsageError(f"--keys must be at least 1, got {keys}")
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    if existing and not reset:
+        _restart(existing, log)
+        return existing, True
+    if existing:
+        down(root)
+    if database_url is None:
+        pg_root = root / "postgres"
+        if pg_root.exists():
+            EmbeddedPostgres(pg_root, 0, "").destroy()
+        server = EmbeddedPostgres.create(pg_root, free_port())
+        server.start()
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        state = State(dir=str(root), api_port=port or free_port(), database_url=server.url(DATABASE),
+                      embedded=True, pg_port=server.port, pg_password=server.password)
+        log(f"embedded PostgreSQL started on 127.0.0.1:{server.port}")
+    else:
+        try:
+            has_tables = _database_has_tables(database_url)
+        except psycopg.Error as exc:
+            raise StepFailed(f"--database-url: cannot connect ({str(exc).strip().splitlines()[0]})") from None
+        if has_tables and not reset:
+            raise UsageError("--database-url: that database already holds tables; "
+                             "pass --reset to drop everything in it and rebuild the sandbox")
+        if has_tables:
+            _reset_database(database_url)
+        state = State(dir=str(root), api_port=port or free_port(), database_url=database_url, embedded=False)
+    state.tenants, state.seed = tenants, seed_value
+    state.save()
+    head = repo.build(state.checkout, root / "origin.git")
+    log(f"platform repository built at {state.checkout} (HEAD {head[:12]}, FASE 3)")
+    migrations = apply_migrations(state.database_url, state.checkout)
+    log(f"migrations applied: {', '.join(migrations)}")
+    with psycopg.connect(state.database_url) as conn:
+        summary = seed.seed(conn, tenants=tenants, seed_value=seed_value)
+        grown = seed.grow_keys(conn, keys, seed_value) if keys else 0
+        conn.commit()
+        conn.execute("ANALYZE")
+    log(f"seeded {summary.tenants} tenants ({summary.multi_branch_tenants} multi-branch), "
+        f"{summary.branches} branches, {summary.leads} leads, {summary.appointments} appointments, "
+        f"{summary.keys + grown} API keys ({summary.branch_keys} branch-scoped seeded"
+        + (f", {grown} bulk" if grown else "") + ")")
+    state.keys = summary.known.as_dict()
+    state.tenant_id, state.branch_id = summary.test_tenant_id, summary.test_branch_id
+    state.save()
+    _write_target_config(state)
+    start_api(state)
+    return state, True
+
+
+def _restart(state: State, log: Any) -> None:
+    server = state.postgres()
+    if server and not server.is_running():
+        server.start()
+        log(f"embedded PostgreSQL restarted on 127.0.0.1:{server.port}")
+    start_api(state)
+
+
+def require(root: Path = DEFAULT_DIR) -> State:
+    state = State.load(root.resolve())
+    if state is None:
+        raise UsageError(f"no sandbox in {root}: run `rollback sandbox up` first")
+    return state
+
+
+def deploy(root: Path = DEFAULT_DIR) -> str:
+    """The sandbox's deploy command: restart the API from the checkout's current commit."""
+    state = require(root)
+    stop_api(state)
+    start_api(state)
+    return repo.head(state.checkout)
+
+
+def down(root: Path = DEFAULT_DIR) -> bool:
+    """Stop the API and the embedded PostgreSQL. Data stay; `up` restarts them."""
+    state = State.load(root.resolve())
+    if state is None:
+        return False
+    stop_api(state)
+    server = state.postgres()
+    if server:
+        server.stop()
+    return True
+
+
+def env_lines(root: Path = DEFAULT_DIR) -> list[str]:
+    """`export` lines that point every later command at the sandbox."""
+    state = require(root)
+    values = {
+        "API_BASE_URL": state.api_base_url,
+        "TEST_API_KEY": state.keys.get("tenant", ""),
+        "TEST_BRANCH_API_KEY": state.keys.get("branch", ""),
+        "TEST_REVOKED_API_KEY": state.keys.get("revoked", ""),
+        "DATABASE_URL": state.database_url,
+        "ROLLBACK_CONFIG": str(state.config_file),
+    }
+    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+
+
+def status(root: Path = DEFAULT_DIR) -> dict[str, Any]:
+    state = require(root)
+    server = state.postgres()
+    payload = health(state) if _pid_alive(state.api_pid) else None
+    return {
+        "dir": state.dir,
+        "database": ("embedded, " + ("running" if server and server.is_running() else "stopped"))
+        if state.embedded else "external",
+        "api": f"{state.api_base_url} " + ("up" if payload else "down"),
+        "api_pid": state.api_pid if _pid_alive(state.api_pid) else None,
+        "deployed_version": (payload or {}).get("version"),
+        "checkout_head": repo.head(state.checkout),
+        "phases_in_checkout": phases_present(state.checkout),
+    }
+
+
+def phases_present(checkout: Path) -> list[str]:
+    """Phases whose commits are in the checkout's history and not reverted since."""
+    log = repo.git(checkout, "log", "--format=%H%x00%B%x1e")
+    present: list[str] = []
+    reverted: set[str] = set()
+    for entry in log.split("\x1e"):
+        if "\x00" not in entry:
+            continue
+        sha, body = entry.strip().split("\x00", 1)
+        for line in body.splitlines():
+            if line.startswith("This reverts commit "):
+                reverted.add(line.removeprefix("This reverts commit ").rstrip("."))
+            if line.startswith(f"{repo.TRAILER}: ") and sha not in reverted:
+                present.append(line.split(":", 1)[1].strip())
+    return sorted(set(present))

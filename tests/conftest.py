@@ -1,0 +1,169 @@
+"""Fixtures for the toolkit's own tests: real sandboxes over a real PostgreSQL, real servers, real git.
+
+One embedded PostgreSQL cluster serves the whole test session; every sandbox is a database of
+its own in it (through `sandbox up --database-url`, the external-database path), with its own
+platform repository and API server:
+
+- `sandbox`        shared by the session, healthy, at FASE 3. Tests that break it put it back.
+- `fresh_sandbox`  a new one per test, for tests that change it for good (rollbacks, resets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from sandbox import control
+from sandbox.postgres import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Sandbox:
+    """A running sandbox and the handles a test needs to use it and to break it."""
+
+    state: control.State
+
+    @property
+    def dir(self) -> Path:
+        return self.state.root
+
+    @property
+    def api_base_url(self) -> str:
+        return self.state.api_base_url
+
+    @property
+    def database_url(self) -> str:
+        return self.state.database_url
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return self.state.keys
+
+    @property
+    def tenant_id(self) -> str:
+        return self.state.tenant_id
+
+    @property
+    def branch_id(self) -> str:
+        return self.state.branch_id
+
+    @property
+    def repo(self) -> Path:
+        return self.state.checkout
+
+    @property
+    def chaos_file(self) -> Path:
+        return self.state.chaos_file
+
+    @property
+    def config_file(self) -> Path:
+        return self.state.config_file
+
+    def deploy(self) -> str:
+        return control.deploy(self.dir)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment `eval "$(rollback sandbox env)"` would give, for a subprocess."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ROLLBACK_"))}
+        for line in control.env_lines(self.dir):
+            name, value = line.removeprefix("export ").split("=", 1)
+            env[name] = _unquote(value)
+        env.update(extra)
+        return env
+
+    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run SQL as the superuser, committed; returns rows when the statement has any."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    @contextlib.contextmanager
+    def chaos(self, **faults: Any) -> Iterator[None]:
+        """Inject faults into the running server (see the platform's app/chaos.py) for a block."""
+        self.chaos_file.write_text(json.dumps(faults))
+        try:
+            yield
+        finally:
+            self.chaos_file.unlink(missing_ok=True)
+
+
+def _unquote(value: str) -> str:
+    import shlex
+
+    parts = shlex.split(value)
+    return parts[0] if parts else ""
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, input: str | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `rollback ARGS` as a user would, in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "rollback.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, input=input, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[EmbeddedPostgres]:
+    """One embedded PostgreSQL for the session; sandboxes get databases of their own in it."""
+    root = Path(tempfile.mkdtemp(prefix="rollback-tests-"))
+    server = EmbeddedPostgres.create(root / "postgres", control.free_port())
+    server.start()
+    yield server
+    server.destroy()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class SandboxFactory:
+    def __init__(self, cluster: EmbeddedPostgres, base: Path) -> None:
+        self.cluster, self.base, self.count = cluster, base, 0
+
+    def make(self, **options: Any) -> Sandbox:
+        self.count += 1
+        name = f"sandbox_{os.getpid()}_{self.count}"
+        with psycopg.connect(self.cluster.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        state, _ = control.up(self.base / name, database_url=self.cluster.url(name),
+                              log=lambda line: None, **options)
+        return Sandbox(state)
+
+    def destroy(self, box: Sandbox) -> None:
+        control.down(box.dir)
+        name = box.dir.name
+        with psycopg.connect(self.cluster.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        shutil.rmtree(box.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sandbox_factory(pg_cluster: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory) -> SandboxFactory:
+    return SandboxFactory(pg_cluster, tmp_path_factory.mktemp("sandboxes"))
+
+
+@pytest.fixture(scope="session")
+def sandbox(sandbox_factory: SandboxFactory) -> Iterator[Sandbox]:
+    """A healthy sandbox at FASE 3, shared by the session. Put back whatever you break."""
+    box = sandbox_factory.make()
+    yield box
+    sandbox_factory.destroy(box)
+
+
+@pytest.fixture
+def fresh_sandbox(sandbox_factory: SandboxFactory) -> Iterator[Sandbox]:
+    """A sandbox of this test's own, destroyed afterwards."""
+    box = sandbox_factory.make()
+    yield box
+    sandbox_factory.destroy(box)
