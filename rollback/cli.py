@@ -86,7 +86,7 @@ def sandbox_up(root: Path, port: int | None, tenants: int, keys: int | None, see
 
     state, started = control.up(root, port=port, tenants=tenants, keys=keys, seed_value=seed_value,
                                 database_url=database_url, reset=reset,
-                                log=lambda line: out.print(f"  {line}"))
+                                log=lambda line: out.print(f"  {line}", soft_wrap=True))
     if not started:
         out.print(f"sandbox already running at {state.api_base_url} (dir {state.dir})")
         return

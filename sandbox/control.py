@@ -257,14 +257,14 @@ def up(
     """Start the sandbox. Returns the state and whether anything new was started."""
     root = root.resolve()
     existing = State.load(root)
-    if existing and is_running(existing):
+    if existing and not reset and is_running(existing):
         return existing, False
     if tenants < 1:
         raise UsageError(f"--tenants must be at least 1, got {tenants}")
     if keys is not None and keys < 1:
         raise UsageError(f"--keys must be at least 1, got {keys}")
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o700)
+    if not root.exists():
+        root.mkdir(parents=True, mode=0o700)
     if existing and not reset:
         _restart(existing, log)
         return existing, True

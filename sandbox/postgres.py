@@ -34,6 +34,15 @@ def bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
+def _as_user() -> dict[str, object]:
+    """subprocess arguments that run a PostgreSQL binary as the system user, groups included
+    (with `user=` alone the process would keep root's groups and see group permissions)."""
+    user = _run_as()
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
 def _run_as() -> str | None:
     if os.geteuid() != 0:
         return None
@@ -49,11 +58,13 @@ def _run_as() -> str | None:
 
 
 def _open_path_for(path: Path, user: str) -> None:
-    """Let `user` traverse to `path` and use the binaries (as root, files are root's)."""
+    """Let `user` reach `path` and use the binaries (as root, files are root's).
+
+    """
     traverse = stat.S_IXOTH
     for parent in [path, *path.parents]:
         mode = parent.stat().st_mode
-        if not mode & traverse:
+        if mode & traverse != traverse:
             parent.chmod(mode | traverse)
     binaries = bin_dir().parent
     for folder in (binaries / "bin", binaries / "lib", binaries / "share"):
@@ -89,7 +100,7 @@ class EmbeddedPostgres:
         command = [str(bin_dir() / tool), *args]
         try:
             return subprocess.run(
-                command, user=_run_as(), capture_output=True, text=True, timeout=timeout, check=True
+                command, **_as_user(), capture_output=True, text=True, timeout=timeout, check=True
             )
         except subprocess.CalledProcessError as exc:
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
@@ -145,7 +156,7 @@ class EmbeddedPostgres:
             return False
         result = subprocess.run(
             [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"],
-            user=_run_as(), capture_output=True, text=True, check=False,
+            **_as_user(), capture_output=True, text=True, check=False,
         )
         return result.returncode == 0
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import string
+import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ class _Gen:
 
     def when(self, days: int) -> datetime:
         return EPOCH + timedelta(minutes=self.rng.randint(0, days * 24 * 60))
+
+
+def _ascii(name: str) -> str:
+    return unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
 
 
 def key_hash(raw: str) -> str:
@@ -142,7 +147,7 @@ def seed(conn: psycopg.Connection[Any], *, tenants: int = 50, seed_value: int = 
                 lead_id, created = gen.uuid(), gen.when(25)
                 lead_rows.append((lead_id, tenant_id, branch_id, first, last, f"{first} {last}",
                                   f"+52{gen.rng.randint(10**9, 10**10 - 1)}",
-                                  f"{first.lower()}.{gen.rng.randint(1, 9999)}@example.com",
+                                  f"{_ascii(first)}.{gen.rng.randint(1, 9999)}@example.com",
                                   gen.rng.choice(["new", "new", "contacted", "qualified", "lost"]),
                                   gen.rng.choice(["hot", "warm", "cold"]),
                                   gen.rng.choice(["api", "whatsapp", "web", "referral"]), created, created))
