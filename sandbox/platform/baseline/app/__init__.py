@@ -1,0 +1,1 @@
+"""The platform's API server: leads, appointments and branches of multi-tenant businesses."""
