@@ -8,6 +8,7 @@ PostgreSQL refuses to run as root, so as root the server runs as a dedicated sys
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -17,6 +18,8 @@ import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from rollback.errors import StepFailed
 
@@ -103,9 +106,11 @@ class EmbeddedPostgres:
                 command, **_as_user(), capture_output=True, text=True, timeout=timeout, check=True
             )
         except subprocess.CalledProcessError as exc:
-            detail = (exc.stderr or exc.stdout or "").strip().splitlines()
+            lines = (exc.stderr or exc.stdout or "").strip().splitlines()
+            # the first error line is the cause; later ones are about cleaning up after it
+            detail = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
             raise StepFailed(
-                f"embedded PostgreSQL: `{tool}` failed: {detail[-1] if detail else exc.returncode}"
+                f"embedded PostgreSQL: `{tool}` failed: {detail or exc.returncode}"
                 f" (log: {self.log_file})"
             ) from None
         except subprocess.TimeoutExpired:
@@ -148,8 +153,13 @@ class EmbeddedPostgres:
         )
 
     def stop(self) -> None:
-        if self.is_running():
-            self._pg("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop")
+        if not self.is_running():
+            return
+        postmaster = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        self._pg("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop")
+        # pg_ctl returns once the pid file is gone, a moment before the process itself
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+            psutil.Process(postmaster).wait(timeout=10)
 
     def is_running(self) -> bool:
         if not (self.data_dir / "postmaster.pid").exists():
