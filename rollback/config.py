@@ -140,9 +140,75 @@ class Retention(_Section):
     health_days: int = Field(default=7, ge=1)
 
 
+class Health(_Section):
+    """The continuous monitor (`rollback health --continuous`): schedule, probes, alert damping."""
+
+    interval_s: float = Field(default=30.0, gt=0)
+    fire_after: int = Field(default=2, ge=1)
+    resolve_after: int = Field(default=2, ge=1)
+    remind_minutes: float = Field(default=15.0, gt=0)
+    endpoints: tuple[str, ...] = ("/v1/leads", "/v1/appointments", "/v1/branches")
+    samples_per_endpoint: int = Field(default=5, ge=1, le=100)
+    concurrency: int = Field(default=5, ge=1, le=32)
+    probe_timeout_s: float = Field(default=5.0, gt=0)
+    bypass_cache: bool = False
+    metrics_address: str = "127.0.0.1"
+
+    @field_validator("endpoints")
+    @classmethod
+    def _are_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one endpoint, such as \"/v1/leads\"")
+        for path in value:
+            if not path.startswith("/") or "?" in path:
+                raise ValueError(f"expected a path such as \"/v1/leads\", got {path!r}")
+        return value
+
+    def __repr__(self) -> str:
+        return (
+            f"Health(every {self.interval_s:g} s, fire after {self.fire_after}, resolve after "
+            f"{self.resolve_after}, remind every {self.remind_minutes:g} min, "
+            f"{self.samples_per_endpoint} x {len(self.endpoints)} requests)"
+        )
+
+
 class Paths(_Section):
     reports_dir: Path = Path("reports")
     logs_dir: Path = Path("logs")
+
+
+class RunSettings(_Section):
+    """How a rollback run changes the target: backups, batches, locks, build and health polling."""
+
+    backup_schema: str = Field(default="rollback_backup", pattern=r"^[a-z_][a-z0-9_]{0,40}$")
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    lock_timeout_ms: int = Field(default=2000, ge=1, le=600_000)
+    batch_retries: int = Field(default=5, ge=0, le=100)
+    retry_backoff_s: float = Field(default=0.5, ge=0, le=60)
+    build_timeout_s: float = Field(default=900.0, gt=0)
+    health_poll_s: float = Field(default=1.0, gt=0, le=60)
+    confirm_text: str = Field(default="ROLLBACK {PHASE}", min_length=1)
+
+    def __repr__(self) -> str:
+        return (
+            f"RunSettings(batches of {self.batch_size}, lock_timeout {self.lock_timeout_ms} ms, "
+            f"{self.batch_retries} retries, backups in {self.backup_schema})"
+        )
+
+
+class GateSettings(_Section):
+    """The validation gate after a run: it passes once the phase's checks pass `passes_required`
+    times in a row; it fails when `deadline_s` has passed since its first attempt."""
+
+    passes_required: int = Field(default=2, ge=1, le=20)
+    deadline_s: float = Field(default=300.0, gt=0)
+    interval_s: float = Field(default=10.0, ge=0)
+
+    def __repr__(self) -> str:
+        return (
+            f"GateSettings({self.passes_required} passes in a row within {self.deadline_s:g} s, "
+            f"{self.interval_s:g} s apart)"
+        )
 
 
 class Settings(_Section):
@@ -151,7 +217,10 @@ class Settings(_Section):
     target: Target = Target()
     thresholds: Thresholds = Thresholds()
     retention: Retention = Retention()
+    health: Health = Health()
     paths: Paths = Paths()
+    run: RunSettings = RunSettings()
+    gate: GateSettings = GateSettings()
     secrets: Secrets = Secrets()
     source: Path | None = None
 
@@ -205,7 +274,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _describe(error: Mapping[str, Any], path: Path | None) -> str:
     loc = tuple(str(part) for part in error["loc"])
-    where = _FIELD_TO_ENV.get(loc[:2]) if len(loc) >= 2 else None
+    where = _FIELD_TO_ENV.get((loc[0], loc[1])) if len(loc) >= 2 else None
     if where is None:
         dotted = ".".join(loc)
         where = f"{path}: [{loc[0]}] {'.'.join(loc[1:])}" if path and len(loc) > 1 else dotted

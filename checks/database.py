@@ -1,0 +1,64 @@
+"""Read-only access to the target database, and what it says about the keys the checks use."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+
+from rollback.config import Settings
+
+
+@dataclass(frozen=True)
+class KeyTenant:
+    """A key's id, its tenant and that tenant's branches, as the database knows them."""
+
+    tenant_id: str
+    key_id: str
+    branch_ids: tuple[str, ...]
+
+
+def find_key(conn: psycopg.Connection, raw_key: str, name: str) -> KeyTenant:
+    """Look a raw key up by key_hash = sha256(key); fail if the database does not know it."""
+    __tracebackhide__ = True
+    digest = hashlib.sha256(raw_key.encode()).hexdigest()
+    row = conn.execute("SELECT id::text, tenant_id::text FROM api_keys WHERE key_hash = %s",
+                       (digest,)).fetchone()
+    if row is None:
+        conn.rollback()
+        pytest.fail(f"{name} (ending ...{raw_key[-4:]}) matches no api_keys row by key_hash: "
+                    "DATABASE_URL and API_BASE_URL may point at different environments",
+                    pytrace=False)
+    branches = conn.execute("SELECT id::text FROM branches WHERE tenant_id = %s ORDER BY id",
+                            (row[1],)).fetchall()
+    conn.rollback()
+    return KeyTenant(tenant_id=row[1], key_id=row[0], branch_ids=tuple(b[0] for b in branches))
+
+
+def has_column(conn: psycopg.Connection, table: str, column: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = %s AND column_name = %s", (table, column)).fetchone()
+    return row is not None
+
+
+def connect_read_only(target: Settings) -> psycopg.Connection:
+    """A connection whose every transaction is READ ONLY, with bounded connect and statements."""
+    url = target.require_database_url()
+    limits = target.thresholds
+    conn = psycopg.connect(
+        url,
+        autocommit=True,
+        connect_timeout=max(2, math.ceil(2 * limits.db_connect_ms / 1000)),
+        application_name="rollback-validation",
+    )
+    statement_ms = int(limits.check_timeout_s * 1000 * 0.8)
+    conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    conn.execute(f"SET statement_timeout = {statement_ms}")
+    conn.autocommit = False
+    # Also BEGIN READ ONLY per transaction, which survives transaction-mode poolers.
+    conn.read_only = True
+    return conn

@@ -1,0 +1,181 @@
+"""Assertion helpers for the checks. Their frames are hidden from tracebacks, and each message
+puts the measured value beside the limit and says what it means for the person on call."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import httpx
+import pytest
+
+from checks._plugin.verdicts import inconclusive
+from checks.evidence import Evidence, excerpt
+from checks.probe import Outcome, Sample
+from rollback.config import Thresholds
+
+__all__ = [
+    "expect_error_body",
+    "expect_error_rate",
+    "expect_json",
+    "expect_latency",
+    "expect_list_shape",
+    "expect_no_rows",
+    "expect_own_tenant",
+    "expect_status",
+    "expect_total",
+    "inconclusive",
+]
+
+LIST_KEYS = {"data", "total", "page", "pageSize", "filters"}
+FIELDS = {
+    "leads": {"id", "tenant_id", "branch_id", "phone", "name", "email", "status",
+              "classification", "source", "created_at", "updated_at"},
+    "appointments": {"id", "tenant_id", "branch_id", "lead_id", "scheduled_at", "status"},
+    "branches": {"id", "tenant_id", "name", "slug", "city", "state", "is_active"},
+}
+
+
+def _where(response: httpx.Response) -> str:
+    return f"{response.request.method} {response.request.url.path}"
+
+
+def expect_status(response: httpx.Response, expected: int, meaning: str = "") -> None:
+    __tracebackhide__ = True
+    if response.status_code != expected:
+        tail = f": {meaning}" if meaning else ""
+        pytest.fail(f"{_where(response)} answered {response.status_code}, expected {expected}"
+                    f"{tail}; body: {excerpt(response)}", pytrace=False)
+
+
+def expect_json(response: httpx.Response) -> Any:
+    __tracebackhide__ = True
+    try:
+        return response.json()
+    except ValueError:
+        pytest.fail(f"{_where(response)} answered {response.status_code} with a body that is not "
+                    f"JSON: {excerpt(response)}", pytrace=False)
+
+
+def expect_error_body(response: httpx.Response, status: int, code: str | None) -> None:
+    """Status and the contract's error body, exactly {"error": <text>, "code": <code>}."""
+    __tracebackhide__ = True
+    expect_status(response, status)
+    body = expect_json(response)
+    problems = []
+    if not isinstance(body, dict) or set(body) != {"error", "code"}:
+        keys = sorted(body) if isinstance(body, dict) else type(body).__name__
+        problems.append(f"keys {keys}, expected exactly ['code', 'error']")
+    else:
+        if not isinstance(body["error"], str) or not body["error"]:
+            problems.append(f"error {body['error']!r} is not a non-empty text")
+        if code is not None and body["code"] != code:
+            problems.append(f"code {body['code']!r}, expected {code!r}")
+        elif not isinstance(body["code"], str):
+            problems.append(f"code {body['code']!r} is not a text")
+    if problems:
+        pytest.fail(f"{_where(response)} {status} body breaks the error contract ("
+                    f"{'; '.join(problems)}): clients parsing errors will break; body: "
+                    f"{excerpt(response)}", pytrace=False)
+
+
+def expect_list_shape(response: httpx.Response, resource: str) -> list[dict[str, Any]]:
+    """200 and {data, total, page, pageSize, filters} with the resource's fields per record."""
+    __tracebackhide__ = True
+    expect_status(response, 200, f"the {resource} list is broken for clients")
+    body = expect_json(response)
+    if not isinstance(body, dict) or not set(body) >= LIST_KEYS:
+        have = sorted(body) if isinstance(body, dict) else type(body).__name__
+        pytest.fail(f"{_where(response)}: list body has keys {have}, missing "
+                    f"{sorted(LIST_KEYS - set(body if isinstance(body, dict) else {}))}: "
+                    "clients reading the list contract will break", pytrace=False)
+    if not isinstance(body["data"], list) or not isinstance(body["total"], int):
+        pytest.fail(f"{_where(response)}: data is {type(body['data']).__name__} and total is "
+                    f"{type(body['total']).__name__}, expected a list and an integer", pytrace=False)
+    missing: dict[str, int] = {}
+    for record in body["data"]:
+        for name in FIELDS[resource] - set(record if isinstance(record, dict) else {}):
+            missing[name] = missing.get(name, 0) + 1
+    if missing:
+        listing = ", ".join(f"{name} (in {n})" for name, n in sorted(missing.items()))
+        pytest.fail(f"{_where(response)}: {resource} records lack fields {listing} of "
+                    f"{len(body['data'])} records", pytrace=False)
+    return body["data"]
+
+
+def expect_total(response: httpx.Response) -> int:
+    """200 and an integer `total`, for checks that need only the count."""
+    __tracebackhide__ = True
+    expect_status(response, 200)
+    body = expect_json(response)
+    total = body.get("total") if isinstance(body, dict) else None
+    if not isinstance(total, int) or isinstance(total, bool):
+        pytest.fail(f"{_where(response)}: total is {total!r}, expected an integer", pytrace=False)
+    return total
+
+
+def expect_own_tenant(records: Iterable[Mapping[str, Any]], tenant_id: str, what: str) -> None:
+    """Every record carries the key's tenant: anything else is a data leak between tenants."""
+    __tracebackhide__ = True
+    records = list(records)
+    foreign = [r for r in records if str(r.get("tenant_id")) != tenant_id]
+    if foreign:
+        tenants = sorted({str(r.get("tenant_id")) for r in foreign})
+        ids = ", ".join(str(r.get("id")) for r in foreign[:3])
+        pytest.fail(f"TENANT DATA LEAK: {len(foreign)} of {len(records)} records from {what} "
+                    f"belong to other tenants ({', '.join(tenants[:3])}), e.g. ids {ids}; the key's "
+                    f"tenant is {tenant_id}. Treat as a security incident.", pytrace=False)
+
+
+def expect_latency(sample: Sample, thresholds: Thresholds, evidence: Evidence) -> None:
+    """p95 under warn passes; between warn and alert passes with a warning; over alert fails."""
+    __tracebackhide__ = True
+    value = sample.p95_ms
+    shown = f"{value:.0f} ms" if math.isfinite(value) else "beyond the request timeout"
+    answered = [ms for ms in sample.latencies_ms if math.isfinite(ms)]
+    evidence.latencies(sample.path, answered, warn_ms=thresholds.warn_ms,
+                       alert_ms=thresholds.alert_ms, p95_ms=value if math.isfinite(value) else None)
+    evidence.record(p95=shown, requests=sample.size, timed_out=sample.timeouts,
+                    statuses=sample.statuses, max_answered_ms=round(max(answered, default=0), 1))
+    where = f"over {sample.size} requests to {sample.path}"
+    if sample.timeouts:
+        where += f" ({sample.timeouts} timed out)"
+    if value > thresholds.alert_ms:
+        pytest.fail(f"p95 {shown} > alert {thresholds.alert_ms:g} ms {where}: clients see "
+                    "slow responses; look for a slow query, a missing index or an overloaded "
+                    "database", pytrace=False)
+    if value > thresholds.warn_ms:
+        evidence.warn(f"p95 {shown} > warn {thresholds.warn_ms:g} ms {where} (alert at "
+                      f"{thresholds.alert_ms:g} ms)")
+
+
+def expect_error_rate(outcomes: Sequence[Outcome], limit: float, what: str,
+                      evidence: Evidence) -> None:
+    """Server errors, timeouts and failed connections under `limit` of the sample."""
+    __tracebackhide__ = True
+    failed = [o for o in outcomes if o.failed]
+    rate = len(failed) / len(outcomes) if outcomes else 0.0
+    evidence.record(error_rate=f"{rate:.1%}", failed=len(failed), requests=len(outcomes))
+    for outcome in failed[:5]:
+        evidence.failed_request("GET", outcome.url, outcome.error or f"{outcome.status} {outcome.body}",
+                                outcome.elapsed_ms)
+    if rate >= limit and failed:
+        kinds: dict[str, int] = {}
+        for o in failed:
+            kind = str(o.status) if o.status else (o.error or "no answer").split(":")[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        detail = ", ".join(f"{n}x {k}" for k, n in sorted(kinds.items()))
+        first = failed[0]
+        pytest.fail(f"error rate {rate:.1%} >= limit {limit:.1%} ({len(failed)} of {len(outcomes)} "
+                    f"{what} failed: {detail}); first: GET {first.path} -> "
+                    f"{first.status or first.error} {first.body}".rstrip(), pytrace=False)
+
+
+def expect_no_rows(rows: Sequence[Sequence[Any]], problem: str, meaning: str) -> None:
+    """A query that lists violations found none; otherwise show how many and a few examples."""
+    __tracebackhide__ = True
+    if rows:
+        examples = "; ".join(", ".join(str(v) for v in row) for row in rows[:5])
+        more = f" (and {len(rows) - 5} more)" if len(rows) > 5 else ""
+        pytest.fail(f"{len(rows)} {problem}: {meaning}. Examples: {examples}{more}", pytrace=False)

@@ -1,0 +1,139 @@
+"""The database: reachable in time, its critical tables readable, its data whole and consistent.
+
+Every query runs in a READ ONLY transaction (see the `db` fixture); nothing here writes.
+
+PYTEST_DONT_REWRITE: assertion messages here are written for the person on call;
+pytest's operand diff would only bury them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from checks.database import connect_read_only, has_column
+from checks.evidence import Evidence
+from checks.expect import expect_no_rows, inconclusive
+from checks.phases import ALL_PHASES
+from rollback.config import Settings
+from rollback.errors import ConfigError
+
+pytestmark = ALL_PHASES
+
+CRITICAL_TABLES = ("tenants", "branches", "leads", "appointments", "api_keys", "api_key_usage_logs")
+
+#: child table -> (column, parent table): references whose parent row must exist
+ORPHANS = {
+    "api_keys": [("tenant_id", "tenants")],
+    "branches": [("tenant_id", "tenants")],
+    "leads": [("tenant_id", "tenants"), ("branch_id", "branches")],
+    "appointments": [("tenant_id", "tenants"), ("branch_id", "branches"), ("lead_id", "leads")],
+}
+
+
+def test_database_connects_within_limit(target: Settings, evidence: Evidence) -> None:
+    try:
+        target.require_database_url()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+    limit = target.thresholds.db_connect_ms
+    started = time.perf_counter()
+    try:
+        conn = connect_read_only(target)
+    except psycopg.Error as exc:
+        pytest.fail(f"cannot connect to the database: {exc}".strip(), pytrace=False)
+    with conn:
+        conn.execute("SELECT 1").fetchone()
+    elapsed = (time.perf_counter() - started) * 1000
+    evidence.record(connect_ms=round(elapsed, 1), limit_ms=limit)
+    assert elapsed <= limit, (
+        f"connecting and a first query took {elapsed:.0f} ms > limit {limit:g} ms: the database "
+        "or its pooler is saturated; the API will time out too"
+    )
+
+
+@pytest.mark.parametrize("table", CRITICAL_TABLES)
+def test_critical_table_is_readable(db: psycopg.Connection, table: str, evidence: Evidence) -> None:
+    try:
+        db.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(sql.Identifier(table))).fetchall()
+    except psycopg.Error as exc:
+        pytest.fail(f"table {table} cannot be read: {type(exc).__name__}: {exc}".strip(),
+                    pytrace=False)
+    evidence.record(table=table)
+
+
+@pytest.mark.parametrize("table", list(ORPHANS))
+def test_no_orphaned_rows(db: psycopg.Connection, table: str, evidence: Evidence) -> None:
+    found: list[tuple[object, ...]] = []
+    for column, parent in ORPHANS[table]:
+        query = sql.SQL(
+            "SELECT c.id, {col_name}, c.{col} FROM {child} c "
+            "WHERE c.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.id = c.{col}) "
+            "LIMIT 50"
+        ).format(col=sql.Identifier(column), col_name=sql.Literal(column),
+                 child=sql.Identifier(table), parent=sql.Identifier(parent))
+        found += db.execute(query).fetchall()
+    evidence.record(orphans=len(found))
+    expect_no_rows(found, f"{table} rows point at a missing parent (id, column, missing id)",
+                   "the API may fail or hide them; something deleted parents without cascading "
+                   "(a partial restore or a dropped foreign key?)")
+
+
+@pytest.mark.parametrize("table", ["leads", "appointments"])
+def test_no_row_points_at_another_tenants_branch(db: psycopg.Connection, table: str,
+                                                 evidence: Evidence) -> None:
+    rows = db.execute(sql.SQL(
+        "SELECT c.id, c.tenant_id, c.branch_id, b.tenant_id FROM {} c "
+        "JOIN branches b ON b.id = c.branch_id WHERE b.tenant_id <> c.tenant_id LIMIT 50"
+    ).format(sql.Identifier(table))).fetchall()
+    evidence.record(violations=len(rows))
+    expect_no_rows(rows, f"{table} rows point at a branch of another tenant (id, tenant, branch, "
+                   "branch's tenant)", "branch filters and branch keys would show them to the "
+                   "wrong tenant")
+
+
+def test_api_key_scope_columns_are_consistent(db: psycopg.Connection, evidence: Evidence) -> None:
+    if not has_column(db, "api_keys", "scope_type"):
+        inconclusive("api_keys has no scope_type column: FASE 2 was never applied here, so "
+                     "there are no scope columns to check")
+    rows = db.execute(
+        "SELECT k.id, k.scope_type, k.branch_id, "
+        "  CASE WHEN k.scope_type NOT IN ('tenant', 'branch') THEN 'unknown scope_type' "
+        "       WHEN k.scope_type = 'tenant' AND k.branch_id IS NOT NULL THEN 'tenant key with a branch' "
+        "       WHEN k.scope_type = 'branch' AND k.branch_id IS NULL THEN 'branch key without a branch' "
+        "       WHEN b.id IS NULL THEN 'branch does not exist' "
+        "       ELSE 'branch of another tenant' END "
+        "FROM api_keys k LEFT JOIN branches b ON b.id = k.branch_id "
+        "WHERE k.scope_type IS NULL OR k.scope_type NOT IN ('tenant', 'branch') "
+        "   OR (k.scope_type = 'tenant' AND k.branch_id IS NOT NULL) "
+        "   OR (k.scope_type = 'branch' AND k.branch_id IS NULL) "
+        "   OR (k.branch_id IS NOT NULL AND (b.id IS NULL OR b.tenant_id <> k.tenant_id)) "
+        "LIMIT 50"
+    ).fetchall()
+    evidence.record(violations=len(rows))
+    expect_no_rows(rows, "api_keys have inconsistent scope columns (id, scope_type, branch_id, "
+                   "problem)", "such a key may read more or less than its scope says")
+
+
+def test_no_duplicate_key_hash(db: psycopg.Connection, evidence: Evidence) -> None:
+    rows = db.execute(
+        "SELECT count(*), array_agg(id ORDER BY id) FROM api_keys GROUP BY key_hash "
+        "HAVING count(*) > 1 LIMIT 50"
+    ).fetchall()
+    evidence.record(duplicated_hashes=len(rows))
+    expect_no_rows(rows, "key_hash values are shared by several keys (count, key ids)",
+                   "one raw key authenticates as whichever row the lookup finds first: a "
+                   "restore probably inserted rows that were still there")
+
+
+def test_no_active_key_is_revoked(db: psycopg.Connection, evidence: Evidence) -> None:
+    rows = db.execute(
+        "SELECT id, tenant_id, revoked_at FROM api_keys "
+        "WHERE is_active AND revoked_at IS NOT NULL LIMIT 50"
+    ).fetchall()
+    evidence.record(violations=len(rows))
+    expect_no_rows(rows, "keys are active but have revoked_at set (id, tenant, revoked_at)",
+                   "a key its owner revoked may work again: a rollback or restore re-activated it")

@@ -1,0 +1,180 @@
+"""After a FASE 2 rollback: no branch-scoped key remains, and no key was lost or changed beyond
+its scope. The run context (`fase2_backup`) names the backup the driver took before converting.
+
+Compared with the backup, a converted key may differ only in its scope columns (`scope_type`,
+`branch_id`, `branch_context`), `updated_at`, and the usage counters the API itself bumps on
+every request (`last_used_at`, `last_used_endpoint`, `usage_count_today`).
+
+PYTEST_DONT_REWRITE: assertion messages here are written for the person on call;
+pytest's operand diff would only bury them.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from checks._plugin.options import SuiteConfig
+from checks.database import find_key, has_column
+from checks.evidence import Evidence
+from checks.expect import expect_list_shape, expect_no_rows, expect_own_tenant, inconclusive
+from checks.probe import cache_buster, get
+from checks.run_context import Fase2Backup, RunContext
+from rollback.config import Settings
+
+pytestmark = pytest.mark.fase2
+
+MAY_CHANGE = frozenset({"scope_type", "branch_id", "branch_context", "updated_at",
+                        "last_used_at", "last_used_endpoint", "usage_count_today"})
+
+
+@pytest.fixture(scope="module")
+def backup(run_context: RunContext) -> Fase2Backup:
+    if run_context.fase2_backup is None:
+        if run_context.phase == "fase2":
+            pytest.fail(f"run context {run_context.run_id} is a FASE 2 run without fase2_backup: "
+                        "the driver recorded no backup, so there is no undo and nothing to "
+                        "compare with", pytrace=False)
+        inconclusive(f"run context {run_context.run_id} is a {run_context.phase} run: no FASE 2 "
+                     "backup to compare with")
+    return run_context.fase2_backup
+
+
+def _backup_table(backup: Fase2Backup) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(backup.schema), sql.Identifier(backup.table))
+
+
+def _compared_columns(db: psycopg.Connection, backup: Fase2Backup) -> list[str]:
+    rows = db.execute(
+        "SELECT b.column_name FROM information_schema.columns b "
+        "JOIN information_schema.columns k ON k.column_name = b.column_name "
+        " AND k.table_name = 'api_keys' AND k.table_schema = current_schema() "
+        "WHERE b.table_schema = %s AND b.table_name = %s ORDER BY b.ordinal_position",
+        (backup.schema, backup.table)).fetchall()
+    return [r[0] for r in rows if r[0] not in MAY_CHANGE]
+
+
+def test_no_branch_scoped_keys_remain(db: psycopg.Connection, suite: SuiteConfig,
+                                      evidence: Evidence) -> None:
+    context = suite.run_context
+    backup = context.fase2_backup if context else None
+    if not has_column(db, "api_keys", "scope_type"):
+        assert not (backup and backup.row_count), (
+            f"the run backed up {backup.row_count if backup else 0} branch keys, but api_keys "
+            "here has no scope_type column: DATABASE_URL is not the database the rollback changed"
+        )
+        inconclusive("api_keys has no scope_type column: FASE 2 was never applied to this "
+                     "database, so no key can be branch-scoped")
+    rows = db.execute(
+        "SELECT id, tenant_id, branch_id FROM api_keys "
+        "WHERE scope_type = 'branch' OR branch_id IS NOT NULL ORDER BY id LIMIT 50").fetchall()
+    evidence.record(branch_scoped=len(rows))
+    expect_no_rows(rows, "keys are still branch-scoped (id, tenant, branch)",
+                   "the FASE 2 rollback did not convert them, so they still see one branch only; "
+                   "re-run the conversion step")
+
+
+def test_backup_holds_every_converted_key(db: psycopg.Connection, backup: Fase2Backup,
+                                          evidence: Evidence) -> None:
+    where = f"{backup.schema}.{backup.table}"
+    row = db.execute("SELECT to_regclass(%s)", (f'"{backup.schema}"."{backup.table}"',)).fetchone()
+    assert row and row[0] is not None, (
+        f"backup table {where} does not exist: there is no undo for the FASE 2 conversion"
+    )
+    count = db.execute(sql.SQL("SELECT count(*) FROM {}").format(_backup_table(backup))).fetchone()
+    in_table = int(count[0]) if count else 0
+    evidence.record(backup_table=where, rows=in_table, expected=backup.row_count)
+    assert in_table == backup.row_count, (
+        f"backup table {where} holds {in_table} rows, the run recorded {backup.row_count}: the "
+        "backup is incomplete, so an undo would lose keys"
+    )
+    if backup.csv is not None:
+        assert backup.csv.is_file(), f"backup CSV {backup.csv} is missing"
+        with backup.csv.open(newline="", encoding="utf-8") as handle:
+            in_csv = max(0, sum(1 for _ in csv.reader(handle)) - 1)  # minus the header
+        evidence.record(csv=str(backup.csv), csv_rows=in_csv)
+        assert in_csv == backup.row_count, (
+            f"backup CSV {backup.csv} holds {in_csv} rows, the run recorded {backup.row_count}"
+        )
+
+
+def test_converted_keys_still_exist(db: psycopg.Connection, backup: Fase2Backup,
+                                    evidence: Evidence) -> None:
+    rows = db.execute(sql.SQL(
+        "SELECT b.id, b.tenant_id, b.name FROM {} b WHERE NOT EXISTS "
+        "(SELECT 1 FROM api_keys k WHERE k.id = b.id) ORDER BY b.id LIMIT 50"
+    ).format(_backup_table(backup))).fetchall()
+    evidence.record(missing=len(rows), backed_up=backup.row_count)
+    expect_no_rows(rows, f"keys of the backup ({backup.schema}.{backup.table}) no longer exist "
+                   "(id, tenant, name)", "their integrations are locked out; restore them from "
+                   "the backup")
+
+
+def test_converted_keys_are_unchanged_but_for_scope(db: psycopg.Connection, backup: Fase2Backup,
+                                                    evidence: Evidence) -> None:
+    columns = _compared_columns(db, backup)
+    assert columns, f"backup table {backup.schema}.{backup.table} shares no columns with api_keys"
+    ident = [sql.Identifier(c) for c in columns]
+    pairs = sql.SQL(", ").join(
+        sql.SQL("b.{c} IS DISTINCT FROM k.{c}").format(c=c) for c in ident)
+    rows = db.execute(sql.SQL(
+        "SELECT b.id, ARRAY[{pairs}] FROM {table} b JOIN api_keys k ON k.id = b.id "
+        "WHERE ({b_cols}) IS DISTINCT FROM ({k_cols}) ORDER BY b.id LIMIT 50"
+    ).format(pairs=pairs, table=_backup_table(backup),
+             b_cols=sql.SQL(", ").join(sql.SQL("b.{}").format(c) for c in ident),
+             k_cols=sql.SQL(", ").join(sql.SQL("k.{}").format(c) for c in ident))).fetchall()
+    changed = [(key_id, ", ".join(c for c, diff in zip(columns, flags, strict=True) if diff))
+               for key_id, flags in rows]
+    evidence.record(compared_columns=", ".join(columns), changed_keys=len(changed))
+    expect_no_rows(changed, "converted keys changed beyond their scope (id, changed columns)",
+                   "the rollback must only widen scope; compare with the backup and restore "
+                   "those columns")
+
+
+def test_converted_keys_are_still_active(db: psycopg.Connection, backup: Fase2Backup,
+                                         evidence: Evidence) -> None:
+    rows = db.execute(sql.SQL(
+        "SELECT k.id, k.tenant_id, k.is_active, k.revoked_at FROM {} b "
+        "JOIN api_keys k ON k.id = b.id "
+        "WHERE b.is_active AND b.revoked_at IS NULL AND (NOT k.is_active OR k.revoked_at IS NOT NULL) "
+        "ORDER BY k.id LIMIT 50").format(_backup_table(backup))).fetchall()
+    evidence.record(deactivated=len(rows))
+    expect_no_rows(rows, "keys active before the rollback are now inactive or revoked (id, "
+                   "tenant, is_active, revoked_at)", "their integrations are locked out; "
+                   "re-activate them")
+
+
+def test_former_branch_key_reads_every_branch(branch_api: httpx.Client, target: Settings,
+                                              _db_session: psycopg.Connection,
+                                              evidence: Evidence) -> None:
+    secret = target.secrets.test_branch_api_key
+    assert secret is not None
+    key = find_key(_db_session, secret.get_secret_value(), "TEST_BRANCH_API_KEY")
+    response = get(branch_api, "/v1/branches", params={"pageSize": 100, **cache_buster()},
+                   evidence=evidence)
+    records = expect_list_shape(response, "branches")
+    expect_own_tenant(records, key.tenant_id, "GET /v1/branches with TEST_BRANCH_API_KEY")
+    total = int(response.json()["total"])
+    evidence.record(api_total=total, db_branches=len(key.branch_ids), tenant_id=key.tenant_id)
+    assert total == len(key.branch_ids), (
+        f"the former branch key reads {total} of its tenant's {len(key.branch_ids)} branches: "
+        "it is still branch-scoped for the API (a stale cache, or FASE 2 code still deployed)"
+    )
+
+
+def test_key_counts_are_unchanged(db: psycopg.Connection, backup: Fase2Backup,
+                                  evidence: Evidence) -> None:
+    row = db.execute("SELECT count(*), count(*) FILTER (WHERE is_active) FROM api_keys").fetchone()
+    total, active = (int(row[0]), int(row[1])) if row else (0, 0)
+    before = backup.key_counts_before
+    evidence.record(total_before=before.total, total_after=total, active_before=before.active,
+                    active_after=active)
+    assert (total, active) == (before.total, before.active), (
+        f"api_keys: {total} keys ({active} active) now, {before.total} ({before.active} active) "
+        "before the rollback: keys were lost or deactivated (or created/revoked meanwhile: check "
+        "created_at and revoked_at since the run started)"
+    )
