@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from rollback.errors import RollbackError
+from rollback.errors import RollbackError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -157,6 +157,68 @@ def sandbox_down(root: Path) -> None:
     from sandbox import control
 
     out.print("sandbox stopped" if control.down(root) else f"no sandbox in {root}")
+
+
+# --- validate ----------------------------------------------------------------------------------
+
+
+@cli.command("validate")
+@click.argument("selection", type=click.Choice(["fase1", "fase2", "fase3", "all", "health"]))
+@click.option("--gate", is_flag=True, help="Treat a skipped required check as a failure (the drivers' gate).")
+@click.option("--expected-version", metavar="SHA", help="The version /health must report.")
+@click.option("--run-context", type=click.Path(dir_okay=False, path_type=Path),
+              help="A rollback run's context JSON (backup, baseline, FASE 3 option).")
+@click.option("--warn-ms", type=click.FloatRange(min=0, min_open=True), help="p95 warning threshold.")
+@click.option("--alert-ms", type=click.FloatRange(min=0, min_open=True), help="p95 failure threshold.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), help="Highest acceptable error rate.")
+@click.option("--sample-size", type=click.IntRange(1, 1000), help="Requests per endpoint for p95.")
+@click.option("--allow-writes", is_flag=True, help="Also run checks that write (POST a lead).")
+@click.option("-n", "--workers", metavar="N", help="Run the checks in parallel (pytest-xdist), e.g. auto.")
+@click.option("--reports", "reports_root", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the report (default: [paths] reports_dir, reports/).")
+@edge
+def validate(selection: str, gate: bool, expected_version: str | None, run_context: Path | None,
+             warn_ms: float | None, alert_ms: float | None, max_error_rate: float | None,
+             sample_size: int | None, allow_writes: bool, workers: str | None,
+             reports_root: Path | None) -> None:
+    """Run the checks of one phase, or all, into reports/<UTC timestamp>-<selection>/.
+
+    Exit 0 healthy (warnings allowed), 1 a check failed, 2 bad usage.
+
+    \b
+    Example:
+      rollback validate fase2
+      rollback validate all --expected-version 3f2c1e9 --warn-ms 300 -n auto
+    """
+    from rollback.config import load_settings
+    from rollback.validate import run_validation
+
+    settings = load_settings()
+    if run_context is not None and not run_context.is_file():
+        raise UsageError(f"--run-context {run_context}: no such file")
+    extra = [f"--{name.replace('_', '-')}={value}" for name, value in (
+        ("warn_ms", warn_ms), ("alert_ms", alert_ms), ("max_error_rate", max_error_rate),
+        ("sample_size", sample_size), ("expected_version", expected_version)) if value is not None]
+    if allow_writes:
+        extra.append("--allow-writes")
+    if workers:
+        extra += ["-n", workers]
+    result = run_validation(selection, reports_root=reports_root or settings.paths.reports_dir,  # type: ignore[arg-type]
+                            gate=gate, extra_args=extra, run_context=run_context, echo=sys.stdout)
+    (out if result.healthy else err).print(result.summary(), soft_wrap=True)
+    sys.exit(result.exit_code)
+
+
+def _register(module: str) -> None:
+    """Add the commands a module lists in COMMANDS (drivers, monitor)."""
+    import importlib
+
+    for command in importlib.import_module(module).COMMANDS:
+        cli.add_command(command)
+
+
+for _module in ("rollback.driver_cli", "rollback.monitor_cli"):
+    _register(_module)
 
 
 def main() -> None:

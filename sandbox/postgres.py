@@ -18,6 +18,7 @@ import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -37,13 +38,13 @@ def bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
-def _as_user() -> dict[str, object]:
-    """subprocess arguments that run a PostgreSQL binary as the system user, groups included
+def _run_pg(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL binary, as the system user when we are root, with that user's groups
     (with `user=` alone the process would keep root's groups and see group permissions)."""
     user = _run_as()
-    if user is None:
-        return {}
-    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+    if user is not None:
+        kwargs.update(user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[])
+    return subprocess.run(command, capture_output=True, text=True, **kwargs)
 
 
 def _run_as() -> str | None:
@@ -102,9 +103,7 @@ class EmbeddedPostgres:
     def _pg(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         command = [str(bin_dir() / tool), *args]
         try:
-            return subprocess.run(
-                command, **_as_user(), capture_output=True, text=True, timeout=timeout, check=True
-            )
+            return _run_pg(command, timeout=timeout, check=True)
         except subprocess.CalledProcessError as exc:
             lines = (exc.stderr or exc.stdout or "").strip().splitlines()
             # the first error line is the cause; later ones are about cleaning up after it
@@ -164,10 +163,7 @@ class EmbeddedPostgres:
     def is_running(self) -> bool:
         if not (self.data_dir / "postmaster.pid").exists():
             return False
-        result = subprocess.run(
-            [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"],
-            **_as_user(), capture_output=True, text=True, check=False,
-        )
+        result = _run_pg([str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"], check=False)
         return result.returncode == 0
 
     def destroy(self) -> None:
