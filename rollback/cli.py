@@ -7,37 +7,12 @@ Exit codes: 0 done/healthy, 1 a step or check failed, 2 bad usage or configurati
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 
-from rollback.errors import RollbackError, UsageError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-
-def edge(func: F) -> F:
-    """Run a command; a RollbackError becomes one line on stderr and its exit code."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except RollbackError as exc:
-            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
+from rollback.console import edge, err, out
+from rollback.errors import UsageError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -223,7 +198,3 @@ for _module in ("rollback.driver_cli", "rollback.monitor_cli"):
 
 def main() -> None:
     cli(prog_name="rollback")
-
-
-if __name__ == "__main__":
-    main()

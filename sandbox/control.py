@@ -173,7 +173,7 @@ def apply_migrations(url: str, checkout: Path) -> list[str]:
 
 
 def _write_target_config(state: State) -> None:
-    deploy = f"{shlex.quote(sys.executable)} -m rollback.cli sandbox deploy --dir {shlex.quote(state.dir)}"
+    deploy = f"{shlex.quote(sys.executable)} -m rollback sandbox deploy --dir {shlex.quote(state.dir)}"
     state.config_file.write_text(
         "# The sandbox described as a rollback target (written by `rollback sandbox up`).\n"
         "[target]\n"

@@ -112,7 +112,7 @@ def _unquote(value: str) -> str:
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, input: str | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run `rollback ARGS` as a user would, in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "rollback.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "rollback", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, input=input, timeout=timeout, check=False)
 
 

@@ -1,0 +1,5 @@
+"""`python -m rollback`: the same as the `rollback` console script."""
+
+from rollback.cli import main
+
+main()
