@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from rollback.console import edge, err, out
 from rollback.errors import UsageError
@@ -182,6 +183,64 @@ def validate(selection: str, gate: bool, expected_version: str | None, run_conte
                             gate=gate, extra_args=extra, run_context=run_context, echo=sys.stdout)
     (out if result.healthy else err).print(result.summary(), soft_wrap=True)
     sys.exit(result.exit_code)
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+
+@cli.command("demo")
+@click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(".sandbox-demo"), show_default=True,
+              help="Folder of the demo's own sandbox (rebuilt at every demo).")
+@click.option("--keep", is_flag=True, help="Leave the sandbox running afterwards.")
+@edge
+def demo(root: Path, keep: bool) -> None:
+    """Rehearse it all on a fresh sandbox: plan FASE 3, then roll back FASE 3, 2 and 1, each gated.
+
+    Ends with a table of phase, duration, gate result, report and communication files.
+
+    \b
+    Example:
+      rollback demo
+      rollback demo --keep && eval "$(rollback sandbox env --dir .sandbox-demo)"
+    """
+    import time
+
+    from rich.table import Table
+
+    from rollback import demo as library
+
+    started = time.monotonic()
+
+    def say(text: str, style: str | None = None) -> None:
+        out.print(escape(text), style=style, soft_wrap=True)
+
+    ui = library.PrefixUi(say)
+    results = []
+    with library.demo_sandbox(root, keep, lambda line: say(line, "dim")):
+        settings = library.use_sandbox(root)
+        out.rule("What `rollback run fase3 --db-option 2` would do")
+        library.plan_text(settings, ui)
+        for phase, option in library.SEQUENCE:
+            out.rule(f"rollback run {phase} --yes" + (f" --db-option {option}" if phase == "fase3" else ""))
+            results.append(library.rollback_phase(settings, phase, option, ui))
+    table = Table(title=f"rollback demo: {len(results)} phases rolled back in "
+                        f"{time.monotonic() - started:.0f} s")
+    for column in ("phase", "duration", "gate", "report", "communication"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        folder = _shown(Path(r.communication[0]).parent) if r.communication else "-"
+        table.add_row(r.phase, f"{r.duration_s:.1f} s", r.gate, _shown(Path(r.report)),
+                      f"{len(r.communication)} files in {folder}")
+    out.print(table)
+
+
+def _shown(path: Path) -> str:
+    """A path as short as it can be said: relative to the current directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _register(module: str) -> None:
