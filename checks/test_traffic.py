@@ -1,6 +1,6 @@
 """Real traffic: error rate and p95 of the requests `api_key_usage_logs` recorded recently.
 
-The validation's own requests (its User-Agent) are left out: the synthetic checks judge those
+The toolkit's own requests (User-Agent `rollback-toolkit-*`: validation, monitor, a run's baseline) are left out: the synthetic checks judge those
 (some, like the 401 probes, fail on purpose), and in a quiet hour our probe would otherwise be
 the only "traffic". Too few requests to judge (fewer
 than `sample_size`) makes the check inconclusive, which `--gate` accepts: the absence of
@@ -20,10 +20,10 @@ import pytest
 from checks.evidence import Evidence
 from checks.expect import inconclusive
 from checks.phases import ALL_PHASES
-from checks.probe import USER_AGENT
 from rollback.config import Thresholds
 
 pytestmark = ALL_PHASES
+TOOLKIT_AGENTS = "rollback-toolkit-%"
 
 
 @pytest.fixture
@@ -34,15 +34,16 @@ def traffic(db: psycopg.Connection, thresholds: Thresholds) -> tuple[int, int, f
         "SELECT count(*), count(*) FILTER (WHERE status_code >= 500), "
         "       percentile_cont(0.95) WITHIN GROUP (ORDER BY response_time_ms) "
         "FROM api_key_usage_logs "
-        "WHERE created_at >= now() - %s AND user_agent IS DISTINCT FROM %s",
-        (window, USER_AGENT),
+        # the toolkit's own requests (validation, monitor, a run's baseline) are not traffic
+        "WHERE created_at >= now() - %s AND coalesce(user_agent, '') NOT LIKE %s",
+        (window, TOOLKIT_AGENTS),
     ).fetchone()
     total, errors, p95 = (int(row[0]), int(row[1]), row[2]) if row else (0, 0, None)
     text = f"the last {thresholds.traffic_window_min:g} min"
     if total < thresholds.sample_size:
         if total == 0:
             inconclusive(f"inconclusive: no traffic in {text} (api_key_usage_logs, not counting "
-                         "the validation's own requests)")
+                         "the toolkit's own requests)")
         inconclusive(f"inconclusive: only {total} requests in {text}; at least "
                      f"{thresholds.sample_size} (sample_size) are needed to judge real traffic")
     return total, errors, None if p95 is None else float(p95), text
