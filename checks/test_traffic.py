@@ -1,8 +1,8 @@
 """Real traffic: error rate and p95 of the requests `api_key_usage_logs` recorded recently.
 
-The toolkit's own requests (User-Agent `rollback-toolkit-*`: validation, monitor, a run's baseline) are left out: the synthetic checks judge those
-(some, like the 401 probes, fail on purpose), and in a quiet hour our probe would otherwise be
-the only "traffic". Too few requests to judge (fewer
+The toolkit's own requests (User-Agent `rollback-toolkit-*`: validation, monitor, a run's
+baseline) are left out: the synthetic checks judge those (some, like the 401 probes, fail on
+purpose), and in a quiet hour our probes would otherwise be the only "traffic". Too few requests to judge (fewer
 than `sample_size`) makes the check inconclusive, which `--gate` accepts: the absence of
 traffic says nothing about a rollback, but a missing DATABASE_URL still fails the gate.
 
