@@ -2,9 +2,10 @@
 
 The toolkit's own requests (User-Agent `rollback-toolkit-*`: validation, monitor, a run's
 baseline) are left out: the synthetic checks judge those (some, like the 401 probes, fail on
-purpose), and in a quiet hour our probes would otherwise be the only "traffic". Too few requests to judge (fewer
-than `sample_size`) makes the check inconclusive, which `--gate` accepts: the absence of
-traffic says nothing about a rollback, but a missing DATABASE_URL still fails the gate.
+purpose), and in a quiet hour our probes would otherwise be the only "traffic". Too few
+requests to judge (fewer than `sample_size`) makes the check inconclusive, which `--gate`
+accepts: the absence of traffic says nothing about a rollback, but a missing DATABASE_URL
+still fails the gate.
 
 PYTEST_DONT_REWRITE: assertion messages here are written for the person on call;
 pytest's operand diff would only bury them.
