@@ -67,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # registered later than pytest-html, before pytest-html's own pytest_configure reads --html.
     if hasattr(config, "workerinput") or not runs_checks(config):
         return
-    config.stash[HTML_WARNINGS] = WarningsInHtml()
+    config.stash[HTML_WARNINGS] = WarningsInHtml(config)
     config.pluginmanager.register(config.stash[HTML_WARNINGS], "rollback-html-warnings")
     if getattr(config.option, "htmlpath", "absent") is None and not config.option.collectonly:
         config.option.htmlpath = str(_default_html_path(config))
@@ -147,7 +147,8 @@ def _attach_to_allure(evidence: Evidence) -> None:
 class WarningsInHtml:
     """Controller-side: marks warned checks in the HTML table and lists them in its summary."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
         self.warned: list[tuple[str, list[str]]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -155,6 +156,11 @@ class WarningsInHtml:
             messages = [str(v) for k, v in report.user_properties if k == "warning"]
             if messages:
                 self.warned.append((report.nodeid, messages))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_report_title(self, report: Any) -> None:
+        markers = self.config.option.markexpr or "all checks"
+        report.title = f"Validation: {markers}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_row(self, report: pytest.TestReport, cells: list[str]) -> None:
