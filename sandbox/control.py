@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from rollback.errors import StepFailed, UsageError
+from rollback.runs.locks import pid_alive
 from sandbox import repo, seed
 from sandbox.postgres import EmbeddedPostgres
 
@@ -105,20 +106,7 @@ def free_port() -> int:
 
 
 def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (our own exited child) is not alive
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
+    return pid is not None and pid_alive(pid)
 
 
 def health(state: State, timeout: float = 2.0) -> dict[str, Any] | None:
