@@ -106,7 +106,7 @@ def free_port() -> int:
 
 
 def _pid_alive(pid: int | None) -> bool:
-    return pid is not None and pid_alive(pid)
+    return pid is not None and pid > 0 and pid_alive(pid)
 
 
 def health(state: State, timeout: float = 2.0) -> dict[str, Any] | None:
