@@ -1,0 +1,255 @@
+"""The FASE 2 conversion at scale, while the API keeps serving.
+
+    1. `rollback sandbox up --keys N` (N >= 1,000,000 by default: about 20% branch-scoped)
+    2. known keys for the read load: bulk keys spread over the conversion's id order (bench/keys.py)
+    3. API stopped; two identical copies, `CREATE DATABASE bench_floor[_quiet] TEMPLATE platform`;
+       API started again
+    4. the read load (bench/load.py) runs for a baseline period, then on while the driver's Backup
+       and ConvertKeys steps convert every branch key (bench/driver.py, in a process of its own
+       as `rollback run` is), then on while the floor,
+       one plain UPDATE of the same rows, runs on the first copy; the lock sampler runs throughout
+    5. the same UPDATE on the second copy with nothing else running (the quiet floor)
+
+The throughput aim compares the driver with the floor under the same read load (the machine is
+then equally busy for both); the quiet floor is reported beside it.
+
+Figures: rows per second of the driver (backup included) and of the floors; the load's errors,
+p50/p99 and throughput before and during the conversion; the longest lock wait of an API
+session; the machine's CPU use in each window; the API's own lock timeouts on `last_used_at`
+(it logs and swallows them).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+from psycopg import sql
+
+from bench import load as loadgen
+from bench.common import BenchError, Log
+from bench.driver import DriverTiming, convert_in_subprocess
+from bench.keys import adopt_keys, mint_tenant_keys
+from bench.sandboxes import Sandbox, running
+from bench.stats import rounded
+from sandbox import control
+
+FLOOR_DATABASE, QUIET_DATABASE = "bench_floor", "bench_floor_quiet"
+FLOOR_UPDATE = "UPDATE api_keys SET scope_type = 'tenant', branch_id = NULL WHERE scope_type = 'branch'"
+API_LOCK_TIMEOUT_LINE = "could not update last use of key"
+
+
+def _count(url: str) -> tuple[int, int]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*), count(*) FILTER (WHERE scope_type = 'branch') "
+                           "FROM api_keys").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def copy_database(sbx: Sandbox, names: Sequence[str]) -> float:
+    """Identical copies of the sandbox's database, made while the API is stopped; seconds taken."""
+    source = sbx.database_url.rsplit("/", 1)[1]
+    control.stop_api(sbx.state)
+    try:
+        with psycopg.connect(sbx.admin_url(), autocommit=True) as conn:
+            started = time.perf_counter()
+            for name in names:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+                for attempt in range(20):
+                    try:
+                        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                            sql.Identifier(name), sql.Identifier(source)))
+                        break
+                    except psycopg.errors.ObjectInUse:
+                        # an autovacuum worker may still be on the freshly seeded database
+                        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                     "WHERE datname = %s AND pid <> pg_backend_pid()", (source,))
+                        time.sleep(0.25 * (attempt + 1))
+                else:
+                    raise BenchError(f"could not copy database {source}: it stayed in use")
+            return time.perf_counter() - started
+    finally:
+        control.start_api(sbx.state)
+
+
+def drop_database(sbx: Sandbox, name: str) -> None:
+    with psycopg.connect(sbx.admin_url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def floor_update(url: str) -> dict[str, Any]:
+    """The floor: one plain UPDATE of every branch key, committed."""
+    with psycopg.connect(url, application_name="bench floor") as conn:
+        started = time.perf_counter()
+        rows = conn.execute(FLOOR_UPDATE).rowcount
+        conn.commit()
+        seconds = time.perf_counter() - started
+    return {"rows": rows, "seconds": round(seconds, 2),
+            "rows_per_s": round(rows / seconds) if seconds else None}
+
+
+def _log_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def long_lock_waits(sbx: Sandbox, since: int) -> dict[str, Any]:
+    """Lock waits PostgreSQL itself logged after `since` (a byte offset of its log): with
+    log_lock_waits on (PostgreSQL 18's default), every wait longer than deadlock_timeout (1 s)
+    is logged, and its end with the exact duration. Exact where the sampler only samples."""
+    path = sbx.root / "postgres" / "postgres.log"
+    still, acquired = 0, []
+    if path.is_file():
+        with path.open("rb") as handle:
+            handle.seek(since)
+            for raw in handle:
+                line = raw.decode(errors="replace")
+                if " still waiting for " in line:
+                    still += 1
+                elif (match := re.search(r" acquired \w+ on .* after ([\d.]+) ms", line)):
+                    acquired.append(float(match.group(1)))
+    return {"waits_over_deadlock_timeout": still,
+            "longest_acquired_after_ms": max(acquired, default=None)}
+
+
+def _api_lock_timeouts(sbx: Sandbox) -> int:
+    log = sbx.root / "api.log"
+    if not log.is_file():
+        return 0
+    with log.open(errors="replace") as handle:
+        return sum(1 for line in handle if API_LOCK_TIMEOUT_LINE in line)
+
+
+def measure(root: Path, work: Path, *, keys: int, baseline_s: float, log: Log,
+            lookup_keys: int = 64, batch_size: int | None = None) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"  rollback sandbox up --keys {keys} ...")
+    with running(root, keys=keys, timeout_s=420) as sbx:
+        log(f"  sandbox with {keys:,} keys up in {sbx.up_s:.1f} s")
+        rng = random.Random(11)
+        branch_share = lookup_keys * 3 // 4  # most traffic on keys the conversion will lock
+        lookup = adopt_keys(sbx.database_url, scope_type="branch", count=branch_share, rng=rng)
+        lookup += adopt_keys(sbx.database_url, scope_type="tenant", count=lookup_keys - branch_share, rng=rng)
+        list_key = mint_tenant_keys(sbx.database_url, sbx.state.tenant_id, 1, rng)[0]
+        total, branch = _count(sbx.database_url)
+        try:
+            copy_s = copy_database(sbx, [FLOOR_DATABASE, QUIET_DATABASE])
+            log(f"  two identical copies made in {copy_s:.1f} s; {branch:,} of {total:,} keys branch-scoped")
+            result = _under_load(sbx, work, lookup, list_key, baseline_s, log,
+                                 {"batch_size": batch_size} if batch_size else {})
+            quiet = floor_update(sbx.admin_url(QUIET_DATABASE))
+            log(f"  quiet floor: one UPDATE of {quiet['rows']:,} rows in {quiet['seconds']} s")
+        finally:
+            for name in (FLOOR_DATABASE, QUIET_DATABASE):
+                drop_database(sbx, name)
+    driver: DriverTiming = result.pop("driver_timing")
+    floor = result.pop("floor")
+    return {
+        "keys_total": total,
+        "branch_keys": branch,
+        "branch_share": round(branch / total, 3) if total else None,
+        "sandbox_up_s": round(sbx.up_s, 2),
+        "copy_s": round(copy_s, 2),
+        "driver": {
+            "rows": driver.rows,
+            "backup_s": round(driver.backup_s, 2),
+            "convert_s": round(driver.convert_s, 2),
+            "total_s": round(driver.total_s, 2),
+            "rows_per_s": round(driver.rows_per_s),
+            "batches": driver.batches,
+            "retries": driver.retries,
+            "batch_size": driver.batch_size,
+            "lock_timeout_ms": driver.lock_timeout_ms,
+            "steps": "Backup + ConvertKeys (rollback/runs/steps.py)",
+        },
+        "floor": {**floor, "statement": FLOOR_UPDATE, "conditions": "same read load on the API"},
+        "floor_quiet": {**quiet, "conditions": "nothing else running"},
+        "throughput_ratio": rounded(driver.rows_per_s / floor["rows_per_s"], 3)
+        if floor["rows_per_s"] else None,
+        "throughput_ratio_to_quiet_floor": rounded(driver.rows_per_s / quiet["rows_per_s"], 3)
+        if quiet["rows_per_s"] else None,
+        **result,
+    }
+
+
+def _under_load(sbx: Sandbox, work: Path, lookup: list[str], list_key: str, baseline_s: float,
+                log: Log, run_settings: dict[str, Any]) -> dict[str, Any]:
+    load = loadgen.ReadLoad(sbx.api_base_url, lookup, list_key, max_seconds=baseline_s + 900)
+    sampler = loadgen.LockSampler(sbx.database_url)
+    timeouts_before = _api_lock_timeouts(sbx)
+    pg_log_at = _log_size(sbx.root / "postgres" / "postgres.log")
+    with psycopg.connect(sbx.database_url, autocommit=True) as conn:
+        # our own sandbox: have PostgreSQL log every lock wait longer than deadlock_timeout (1 s,
+        # the aim's limit) and its exact end, so that no block over 1 s can slip between samples
+        conn.execute("ALTER SYSTEM SET log_lock_waits = on")
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.2)
+        settings = {str(name): str(value) for name, value in conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('log_lock_waits', 'deadlock_timeout')")}
+    with loadgen.running(load, sampler):
+        time.sleep(min(2.0, baseline_s / 3))  # warm-up: connections, the API's pool, caches
+        psutil.cpu_percent()
+        base_start = time.monotonic()
+        time.sleep(baseline_s)
+        base_end = time.monotonic()
+        cpu_before = psutil.cpu_percent()
+        log(f"  baseline: {len(load.between(base_start, base_end))} requests in {baseline_s:g} s; "
+            "the driver converts ...")
+        driver = convert_in_subprocess(sbx.env(), work, "bench-conversion", run_settings)
+        # the steps' own clock (CLOCK_MONOTONIC is system-wide), not the child's start-up
+        conv_start, conv_end = driver.started, driver.ended
+        backup_end = conv_start + driver.backup_s
+        cpu_during = psutil.cpu_percent()
+        floor_start = time.monotonic()
+        log(f"  driver: backup {driver.backup_s:.1f} s + conversion {driver.convert_s:.1f} s for "
+            f"{driver.rows:,} keys ({driver.batches} batches, {driver.retries} retries)")
+        floor = floor_update(sbx.admin_url(FLOOR_DATABASE))
+        floor_end = time.monotonic()
+        cpu_floor = psutil.cpu_percent()
+        log(f"  floor under the same load: one UPDATE of {floor['rows']:,} rows in {floor['seconds']} s")
+    if sampler.error:
+        raise BenchError(f"lock sampler failed: {sampler.error}")
+    baseline = loadgen.summarize(load.between(base_start, base_end), base_end - base_start)
+    during = loadgen.summarize(load.between(conv_start, conv_end), conv_end - conv_start)
+    p99_ratio = (during["p99_ms"] / baseline["p99_ms"]) if baseline["p99_ms"] else None
+    gaps = sorted(sampler.sample_gaps_ms)
+    return {
+        "driver_timing": driver,
+        "floor": floor,
+        "branch_keys_after": _count(sbx.database_url)[1],
+        "cpu_busy_percent": {"baseline": cpu_before, "during_conversion": cpu_during,
+                             "during_floor": cpu_floor},
+        "load": {
+            "offered_requests_per_s": load.offered_rate,
+            "known_keys": len(lookup) + 1,
+            "baseline": baseline,
+            "during_conversion": during,
+            "during_backup_step": loadgen.summarize(load.between(conv_start, backup_end),
+                                                    backup_end - conv_start),
+            "during_convert_keys_step": loadgen.summarize(load.between(backup_end, conv_end),
+                                                          conv_end - backup_end),
+            "during_floor_on_copy": loadgen.summarize(load.between(floor_start, floor_end),
+                                                      floor_end - floor_start),
+            "p99_ratio": rounded(p99_ratio, 2),
+            "max_excess_over_baseline_p50_ms": rounded(
+                (during["max_ms"] or 0) - (baseline["p50_ms"] or 0), 1),
+        },
+        "locks": {
+            "sample_interval_ms": sampler.interval_s * 1000,
+            "samples": sampler.samples,
+            "sample_gap_p99_ms": rounded(gaps[int(0.99 * (len(gaps) - 1))], 1) if gaps else None,
+            "api_baseline": loadgen.summarize_waits(sampler.between(base_start, base_end)),
+            "api_during_conversion": loadgen.summarize_waits(sampler.between(conv_start, conv_end)),
+            "driver_waits": loadgen.summarize_waits(sampler.between(conv_start, conv_end, driver=True)),
+            "api_lock_timeouts_logged": _api_lock_timeouts(sbx) - timeouts_before,
+            "postgres_log": {"log_lock_waits": settings.get("log_lock_waits"),
+                             "deadlock_timeout_ms": settings.get("deadlock_timeout"),
+                             **long_lock_waits(sbx, pg_log_at)},
+        },
+    }
