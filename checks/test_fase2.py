@@ -81,7 +81,7 @@ def test_no_branch_scoped_keys_remain(db: psycopg.Connection, suite: SuiteConfig
 def test_backup_holds_every_converted_key(db: psycopg.Connection, backup: Fase2Backup,
                                           evidence: Evidence) -> None:
     where = f"{backup.schema}.{backup.table}"
-    row = db.execute("SELECT to_regclass(%s)", (f'"{backup.schema}"."{backup.table}"',)).fetchone()
+    row = db.execute("SELECT to_regclass(%s)", (_backup_table(backup).as_string(db),)).fetchone()
     assert row and row[0] is not None, (
         f"backup table {where} does not exist: there is no undo for the FASE 2 conversion"
     )

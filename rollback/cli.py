@@ -179,8 +179,13 @@ def validate(selection: str, gate: bool, expected_version: str | None, run_conte
         extra.append("--allow-writes")
     if workers:
         extra += ["-n", workers]
-    result = run_validation(selection, reports_root=reports_root or settings.paths.reports_dir,  # type: ignore[arg-type]
-                            gate=gate, extra_args=extra, run_context=run_context, echo=sys.stdout)
+    from rollback.runs.core import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # a stopped job stops its checks too, and says so (exit 130)
+        result = run_validation(selection,  # type: ignore[arg-type]
+                                reports_root=reports_root or settings.paths.reports_dir,
+                                gate=gate, extra_args=extra, run_context=run_context,
+                                echo=sys.stdout)
     (out if result.healthy else err).print(result.summary(), soft_wrap=True)
     sys.exit(result.exit_code)
 
@@ -256,4 +261,22 @@ for _module in ("rollback.driver_cli", "rollback.monitor_cli"):
 
 
 def main() -> None:
-    cli(prog_name="rollback")
+    """The console script. Click's own usage errors (an unknown phase, a bad option value) are
+    turned into one line and exit 2, like every other error of the toolkit."""
+    try:
+        code = cli.main(prog_name="rollback", standalone_mode=False)
+    except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `rollback`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        where = exc.ctx.command_path if exc.ctx is not None else "rollback"
+        message = exc.format_message().rstrip(".")
+        err.print(f"[bold red]error:[/] {escape(message)} (see `{where} --help`)", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:  # Ctrl-C or end of input at a prompt
+        err.print("interrupted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -18,6 +18,7 @@ Counts come from the JUnit file, so they are the same with or without `-n auto`.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -153,6 +154,22 @@ def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
     return merged
 
 
+def _stop(process: subprocess.Popen[str], grace_s: float = 2.0) -> None:
+    """Stop the checks: a Ctrl-C in a terminal reached them too, so give them a moment to end
+    by themselves; then as Ctrl-C would (pytest still writes its reports), then harder."""
+    for sig in (None, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            try:
+                process.send_signal(sig)
+            except (ProcessLookupError, PermissionError):
+                return
+        try:
+            process.wait(timeout=grace_s / 2 if sig is None else grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_validation(
     selection: Selection,
     *,
@@ -204,7 +221,7 @@ def run_validation(
         process = subprocess.Popen(command, cwd=TOOLKIT_ROOT, env=_environment(env),
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert process.stdout is not None
-        timer = threading.Timer(timeout_s, process.kill) if timeout_s else None
+        timer = threading.Timer(timeout_s, _stop, (process,)) if timeout_s else None
         if timer is not None:
             timer.start()
         try:
@@ -213,6 +230,10 @@ def run_validation(
                 if echo is not None:
                     echo.write(line)
             code = process.wait()
+        except BaseException:  # Ctrl-C, SIGTERM (as KeyboardInterrupt): no check outlives us
+            # (pytest-xdist's workers end with their controller)
+            _stop(process)
+            raise
         finally:
             if timer is not None:
                 timer.cancel()

@@ -75,7 +75,7 @@ def _timeline(run: Run) -> list[dict[str, str]]:
         kind, step = event.get("event"), event.get("step", "")
         text = {
             "run_started": "run started",
-            "run_resumed": "run resumed",
+            "run_resumed": _resumed(event),
             "step_finished": f"{step}: {event.get('summary', '')}",
             "step_failed": f"{step} FAILED: {event.get('error', '')}",
             "step_undone": f"{step} taken back: {event.get('reason', '')}",
@@ -84,6 +84,14 @@ def _timeline(run: Run) -> list[dict[str, str]]:
         if text:
             lines.append({"ts": str(event["ts"])[:19].replace("T", " "), "text": text})
     return lines
+
+
+def _resumed(event: dict[str, Any]) -> str:
+    previous = event.get("previous") or {}
+    if previous.get("state") == "killed":  # it left no line of its own: say it here
+        return (f"run resumed; its process {previous.get('pid', '?')} had been killed during "
+                f"{previous.get('step') or 'start-up'}")
+    return "run resumed"
 
 
 def context(run: Run) -> dict[str, Any]:

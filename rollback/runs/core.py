@@ -199,6 +199,7 @@ class Run:
         self.log = RunLog(None if dry else self.log_path, ui, self.redact)
         self.current_step: str = ""
         self.cleanups: list[Callable[[], None]] = []
+        self.repo_lock: Any = None
         self.db_lock: Any = None
 
     # --- where things go --------------------------------------------------------------------
@@ -260,6 +261,12 @@ class Run:
         if self.journal is not None:
             self.journal.write("step_undone", step=step, reason=reason, forget=forget or [])
 
+    @property
+    def lock_fds(self) -> tuple[int, ...]:
+        """The repository lock's descriptor, for the commands the run starts to inherit."""
+        fd = getattr(self.repo_lock, "fd", None)
+        return (fd,) if isinstance(fd, int) else ()
+
     def step_done(self, name: str) -> bool:
         return bool(self.record and name in self.record.completed)
 
@@ -303,16 +310,17 @@ class CommandResult:
 
 
 def run_command(command: str, *, cwd: Path, timeout_s: float, on_line: Callable[[str], None],
-                env: dict[str, str] | None = None) -> CommandResult:
+                env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> CommandResult:
     """Run a shell command in its own process group, streaming its output line by line.
 
     On timeout or interruption the whole group is killed, so nothing it started keeps running
     half-done (a deploy command that detaches its server does so in a session of its own).
+    `pass_fds` are inherited (the repository lock: a command outliving a killed run keeps it).
     """
     started = time.monotonic()
     process = subprocess.Popen(command, shell=True, cwd=cwd, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                               errors="replace", start_new_session=True,
+                               errors="replace", start_new_session=True, pass_fds=pass_fds,
                                env={**os.environ, **(env or {})})
     lines: list[str] = []
 

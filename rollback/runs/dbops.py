@@ -72,7 +72,9 @@ def has_column(conn: psycopg.Connection[Any], table: str, column: str) -> bool:
 
 
 def table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
-    row = conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()
+    # quoted by psycopg: a name with a double quote in it stays one name
+    row = conn.execute("SELECT to_regclass(%s)",
+                       (sql.Identifier(schema, table).as_string(conn),)).fetchone()
     return bool(row and row[0])
 
 
@@ -352,6 +354,16 @@ def progress(conn: psycopg.Connection[Any], schema: str, run_id: str) -> tuple[i
     return int(row[0]), row[1], int(row[2])
 
 
+#: the longest wait between two attempts: doubling from [run] retry_backoff_s, up to 100 retries
+#: ([run] batch_retries) would otherwise wait for ages
+MAX_BACKOFF_S = 30.0
+
+
+def backoff(base_s: float, attempt: int) -> float:
+    """Seconds to wait before retry `attempt` + 1 (0-based): doubling, capped."""
+    return min(base_s * 2.0 ** min(attempt, 32), MAX_BACKOFF_S)
+
+
 def _retrying(policy: BatchPolicy, what: str, result: Conversion,
               log: Callable[[str], None], action: Callable[[], int]) -> int:
     attempt = 0
@@ -367,14 +379,17 @@ def _retrying(policy: BatchPolicy, what: str, result: Conversion,
                     f"{what}: still blocked after {policy.retries} retries ({first_line(exc)}); the "
                     "batches committed so far stay converted: rerun to continue, or raise "
                     "[run] lock_timeout_ms") from None
-            wait = policy.backoff_s * 2 ** (attempt - 1)
+            wait = backoff(policy.backoff_s, attempt - 1)
             log(f"{what}: {first_line(exc)}; retry {attempt}/{policy.retries} in {wait:.1f} s")
             time.sleep(wait)
 
 
 def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: str, run_id: str,
-                        policy: BatchPolicy, log: Callable[[str], None]) -> Conversion:
+                        policy: BatchPolicy, log: Callable[[str], None],
+                        guard: Callable[[], None] = lambda: None) -> Conversion:
     """Convert the keys of the backup table to tenant keys, batch by batch, resumable.
+
+    `guard` runs before every attempt at a batch and raises to stop (the run lost its lock).
 
     Each batch: SET LOCAL lock_timeout, UPDATE the next `policy.size` keys (by id, after the last
     committed batch) that are still branch-scoped, INSERT its progress row, COMMIT. Then keys that
@@ -384,7 +399,8 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     result = Conversion()
     batch, last_id, converted = progress(conn, schema, run_id)
     conn.commit()
-    result.resumed_after, result.converted = batch, converted
+    # totals of the run, over every attempt: a resumed run reports all its batches, not its last part
+    result.resumed_after, result.batches, result.converted = batch, batch, converted
     if batch:
         log(f"continuing after batch {batch} ({converted} keys already converted by this run)")
     backup = sql.Identifier(schema, table)
@@ -392,6 +408,7 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
 
     def one_batch() -> int:
         nonlocal batch, last_id
+        guard()
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                 sql.Literal(f"{policy.lock_timeout_ms}ms")))
@@ -419,6 +436,7 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
 
     def late_batch() -> int:
         nonlocal batch
+        guard()
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                 sql.Literal(f"{policy.lock_timeout_ms}ms")))
@@ -582,7 +600,7 @@ def differing_keys(conn: psycopg.Connection[Any], backup: sql.Composable, cols: 
 # --- FASE 3: objects of the migration ----------------------------------------------------------
 
 _DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
-_IDENT = r'(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
 _QUALIFIED = rf"({_IDENT}(?:\s*\.\s*{_IDENT})?)"
 _CREATE = re.compile(
     r"\bCREATE\s+(?:OR\s+REPLACE\s+)?"
@@ -618,6 +636,12 @@ def _strip_sql(text: str) -> str:
         elif text.startswith("/*", i):
             j = text.find("*/", i + 2)
             i = n if j < 0 else j + 2
+        elif text[i] == '"':  # a quoted identifier, kept as it is: `--` in it is no comment
+            j = i + 1
+            while j < n and not (text[j] == '"' and not text.startswith('""', j)):
+                j += 2 if text.startswith('""', j) else 1
+            out.append(text[i:j + 1])
+            i = j + 1
         elif text[i] == "'":
             j = i + 1
             while j < n and not (text[j] == "'" and not text.startswith("''", j)):
@@ -636,7 +660,7 @@ def _strip_sql(text: str) -> str:
 
 def _unquote(name: str) -> str:
     parts = [p.strip() for p in re.split(r"\.(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", name)]
-    return ".".join(p[1:-1] if p.startswith('"') else p.lower() for p in parts)
+    return ".".join(p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in parts)
 
 
 def parse_migration_objects(text: str) -> list[DbObject]:

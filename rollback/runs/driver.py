@@ -46,7 +46,7 @@ from rollback.runs.journal import (
     utc_now,
     who,
 )
-from rollback.runs.locks import DatabaseLock, RepoLock
+from rollback.runs.locks import DatabaseLock, RepoLock, first_line
 
 
 class Cancelled(StepFailed):
@@ -196,7 +196,8 @@ def _execute(run: Run, driver: list[Step], yes: bool) -> Outcome:
         run.journal.write("run_started", phase=run.options.phase, options=run.options.as_dict(), **who())
     else:
         run.journal = Journal(run.record.path, run.run_id)
-        run.journal.write("run_resumed", completed=run.record.completed, **who())
+        run.journal.write("run_resumed", completed=run.record.completed,
+                          previous=_how_it_ended(run.record), **who())
     run.say(f"run {run.run_id}: log {run.log_path}, journal {run.journal.path}", "dim")
     for number, described in enumerate(plan.steps, start=1):
         run.note(f"plan {number}. {described.title} [{described.state}]: " + " / ".join(described.lines))
@@ -223,6 +224,15 @@ def _execute(run: Run, driver: list[Step], yes: bool) -> Outcome:
     return Outcome(run.run_id, "succeeded",
                    f"{run.options.phase} rolled back in {record.duration_s or 0:.0f} s (run "
                    f"{run.run_id}); gate passed; report {gate.get('report', '-')}", record)
+
+
+def _how_it_ended(record: RunRecord) -> dict[str, Any]:
+    """How the attempt before this one ended, for the journal: a run whose journal stops without
+    a word (no interruption, no failure) was killed; we hold its lock now, so it is gone."""
+    state = "killed" if record.state == "running" else record.state
+    running = [name for name, step in record.steps.items() if step.get("state") == "running"]
+    step = record.failed_step or record.interrupted_step or (running[-1] if running else None)
+    return {"state": state, "step": step, "pid": record.last_pid, "host": record.last_host}
 
 
 def _confirm(run: Run) -> None:
@@ -257,7 +267,7 @@ def _run_step(run: Run, step: Step) -> None:
         raise
     except Exception as exc:  # an unforeseen error still leaves a journal that says where
         elapsed = round(time.monotonic() - started, 3)
-        message = run.redact(f"{type(exc).__name__}: {exc}")
+        message = run.redact(f"{type(exc).__name__}: {first_line(exc)}")
         run.journal.write("step_failed", step=step.name, duration_s=elapsed, error=message)
         run.say(f"{step.title}: FAILED after {elapsed:.1f} s: {message}", "bold red")
         raise StepFailed(f"{step.title} failed unexpectedly ({message}); the run can be resumed "

@@ -26,9 +26,16 @@ def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
                             env=env, check=False)
     if check and result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        raise StepFailed(f"git {' '.join(args[:2])} in {repo}: {lines[-1] if lines else 'failed'}")
+        raise StepFailed(f"git {' '.join(args[:2])} in {repo}: {git_error(result)}")
     return result
+
+
+def git_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The line of git's output that says what went wrong: its first fatal/error line, if any
+    (the lines after it are often advice, such as "... and the repository exists.")."""
+    lines = [line.strip() for line in (result.stderr or result.stdout).strip().splitlines()]
+    return next((line for line in lines if line.startswith(("fatal:", "error:"))),
+                lines[-1] if lines else "failed")
 
 
 def out(repo: Path, *args: str) -> str:
@@ -120,8 +127,13 @@ def head(repo: Path) -> str:
 
 
 def dirty_files(repo: Path) -> list[str]:
-    lines = out(repo, "status", "--porcelain", "--untracked-files=normal").splitlines()
+    # not `out()`: its strip() would eat the status column of the first line (" M file")
+    lines = git(repo, "status", "--porcelain", "--untracked-files=normal").stdout.splitlines()
     return [line[3:] for line in lines if line.strip()]
+
+
+def remotes(repo: Path) -> list[str]:
+    return out(repo, "remote").split()
 
 
 def operation_in_progress(repo: Path) -> str | None:

@@ -9,7 +9,8 @@ A run's files live under `logs/`:
 Every line has `ts` (UTC, ISO 8601), `run_id` and `event`; the other keys depend on the event:
 
     run_started     phase, options, pid, host, user
-    run_resumed     pid, host, user, completed (steps already done)
+    run_resumed     pid, host, user, completed (steps already done), previous (how the attempt
+                    before ended: state killed | interrupted | failed, step, pid, host)
     step_started    step
     step_progress   step, facts                          facts found mid-step (e.g. the branch made)
     step_finished   step, duration_s, summary, facts      facts merge into the run's facts

@@ -5,18 +5,22 @@ The lock file (`.git/rollback.lock`, so the working tree stays clean) names its 
     {"run_id": "20260122T101500Z-fase2", "phase": "fase2", "pid": 4242, "host": "ops-1",
      "user": "ana", "since": "2026-01-22T10:15:00.000Z"}
 
-A lock whose holder ran on this host and whose pid is gone is stale: the next run takes it over
-and says so. The advisory lock is held by one session for the whole run, so it goes away by
-itself when the process dies or its connection drops; the session's `application_name` names
-the run, which is how a refused run learns who holds it.
+The file is locked with flock(2): the kernel lets go of it when the holder dies, so a file left
+by a killed run is stale and the next run takes it over and says so (a build or deploy command
+the dead run started keeps it locked until that command ends too). The advisory lock is held
+by one session for the whole run, so it goes away by itself when the process dies or its
+connection drops; the session's `application_name` names the run, which is how a refused run
+learns who holds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,19 +67,36 @@ def describe_holder(holder: dict[str, Any]) -> str:
             f"{holder.get('host', '?')}, user {holder.get('user', '?')}, since {holder.get('since', '?')})")
 
 
-def holder_is_stale(holder: dict[str, Any]) -> bool:
-    pid = holder.get("pid")
-    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
+def is_held(repo: Path) -> bool:
+    """Whether a live process holds the repository lock now (not just a file left behind)."""
+    try:
+        fd = os.open(lock_path(repo), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 @dataclass
 class RepoLock:
-    """The local lock on the repository. `acquire` returns a note when it took over a stale lock."""
+    """The local lock on the repository. `acquire` returns a note when it took over a stale lock.
+
+    The lock is an flock(2) on the file, which the kernel drops when the last process holding it
+    is gone (a SIGKILL, a crash, a closed laptop lid are all the same): a file left behind is
+    taken over, never a lock still held, and two takers cannot both win. Commands the run starts
+    (build, deploy) may inherit `fd`: a killed run's lock is then kept until they end too.
+    """
 
     repo: Path
     run_id: str
     phase: str
     held: bool = False
+    fd: int | None = None
 
     @property
     def path(self) -> Path:
@@ -84,39 +105,78 @@ class RepoLock:
     def acquire(self) -> str | None:
         content = json.dumps({"run_id": self.run_id, "phase": self.phase, **who(),
                               "since": iso(utc_now())})
-        note = None
-        for _ in range(2):
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                holder = read_holder(self.repo)
-                if holder is None:
-                    raise StepFailed(
-                        f"{self.path} exists but cannot be read: another run may be starting; "
-                        "if none is, remove the file and retry") from None
-                if holder.get("pid") == os.getpid() and holder.get("run_id") == self.run_id:
-                    self.held = True
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = self._wait_for_holder()
+                if holder and holder.get("pid") == os.getpid() and holder.get("run_id") == self.run_id:
+                    self.held = True  # this process holds it already, through another object
                     return None
-                if not holder_is_stale(holder):
-                    raise StepFailed(
-                        f"the repository is locked by {describe_holder(holder)}: wait for it to "
-                        f"finish; if that process is gone for good, remove {self.path}") from None
-                self.path.unlink(missing_ok=True)
-                note = f"took over a stale lock of {describe_holder(holder)}: its process is gone"
+                raise StepFailed(self._refusal(holder)) from None
+            if not _same_file(fd, self.path):  # its holder released (removed) it meanwhile
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(content)
-            self.held = True
-            return note
-        raise StepFailed(f"could not take the lock {self.path}: another run took it first")
+            left = _read_holder_fd(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, content.encode("utf-8"), 0)
+            os.fsync(fd)
+            self.fd, self.held = fd, True
+            if left:
+                return f"took over a stale lock of {describe_holder(left)}: its process is gone"
+            return None
+        raise StepFailed(f"could not take the lock {self.path}: other runs keep taking it")
+
+    def _wait_for_holder(self, patience_s: float = 1.0) -> dict[str, Any] | None:
+        """The holder, as its file names it; a run that has just taken the lock writes its name
+        a moment later (the lock comes first, so that two runs never both write it)."""
+        deadline = time.monotonic() + patience_s
+        while (holder := read_holder(self.repo)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return holder
+
+    def _refusal(self, holder: dict[str, Any] | None) -> str:
+        if holder is None:
+            return (f"the repository is locked by a run that is starting ({self.path} is not "
+                    "written yet): wait for it to finish")
+        pid = holder.get("pid")
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
+            return (f"the repository is locked by {describe_holder(holder)}: its process is gone "
+                    "but a command it started (a build or a deploy) still runs and holds the lock; "
+                    "wait for it to end, then run again to take the lock over")
+        return (f"the repository is locked by {describe_holder(holder)}: wait for it to finish; "
+                f"if that process is gone for good, remove {self.path}")
 
     def release(self) -> None:
         if not self.held:
             return
-        holder = read_holder(self.repo)
-        if holder and holder.get("pid") == os.getpid() and holder.get("run_id") == self.run_id:
-            self.path.unlink(missing_ok=True)
         self.held = False
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            if _same_file(fd, self.path):
+                self.path.unlink(missing_ok=True)  # while still locked: no one can be half-way in
+        finally:
+            os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _read_holder_fd(fd: int) -> dict[str, Any] | None:
+    try:
+        data = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class DatabaseLock:
@@ -130,8 +190,10 @@ class DatabaseLock:
 
     def acquire(self) -> None:
         try:
+            # the name says who holds the lock to a run it refuses (63 characters at most)
             conn = psycopg.connect(self._url, autocommit=True, connect_timeout=self._timeout,
-                                   application_name=f"rollback {self.run_id}"[:63])
+                                   application_name=(f"rollback {self.run_id} pid {os.getpid()} "
+                                                     f"on {socket.gethostname()}")[:63])
         except psycopg.Error as exc:
             raise StepFailed(f"database lock: cannot connect ({first_line(exc)})") from None
         row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", ADVISORY_KEYS).fetchone()

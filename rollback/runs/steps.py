@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from rollback.runs.locks import (
     advisory_holder,
     describe_holder,
     first_line,
+    is_held,
     read_holder,
 )
 
@@ -106,9 +108,56 @@ def fase3_objects(run: Run) -> list[dbops.DbObject]:
     return objects
 
 
+#: the most an answer of the API may weigh: /health and a page of a list are a few kB
+MAX_RESPONSE_BYTES = 8 << 20
+
+
+class _BoundedBody(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream, request: httpx.Request, deadline: float) -> None:
+        self._inner, self._request, self._deadline = inner, request, deadline
+
+    def __iter__(self) -> Iterator[bytes]:
+        size = 0
+        for chunk in self._inner:
+            size += len(chunk)
+            if time.monotonic() > self._deadline or size > MAX_RESPONSE_BYTES:
+                raise httpx.ReadTimeout(f"the answer did not end in time (or within "
+                                        f"{MAX_RESPONSE_BYTES >> 20} MB)", request=self._request)
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class BoundedTransport(httpx.HTTPTransport):
+    """Bounds a whole answer, body included, by `total_s` and MAX_RESPONSE_BYTES.
+
+    httpx's timeouts bound each read, so a body that trickles on for ever would hang a rollback
+    at its pre-flight; here it ends as a timeout, which the probes report as such.
+    """
+
+    def __init__(self, total_s: float) -> None:
+        super().__init__()
+        self.total_s = total_s
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        deadline = time.monotonic() + self.total_s
+        response = super().handle_request(request)
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        return httpx.Response(response.status_code, headers=response.headers,
+                              stream=_BoundedBody(response.stream, request, deadline),
+                              extensions=response.extensions)
+
+
+def api_client(run: Run) -> httpx.Client:
+    """A client for the target's API whose every answer is bounded in time and size."""
+    timeout = run.settings.target.request_timeout_s
+    return httpx.Client(base_url=run.settings.target.api_base_url, timeout=timeout,
+                        transport=BoundedTransport(timeout))
+
+
 def health(run: Run) -> probes.ApiHealth:
-    with httpx.Client(base_url=run.settings.target.api_base_url,
-                      timeout=run.settings.target.request_timeout_s) as client:
+    with api_client(run) as client:
         result = probes.probe_api_health(client)
         if result.status_code == 404:
             result = probes.probe_api_health(client, "/api/health")
@@ -129,6 +178,10 @@ class Preflight(Step):
             raise ConfigError(f"[target] repo = {repo}: not a git checkout")
         if target.deploy_mode == "command" and not target.deploy_command:
             raise ConfigError("[target] deploy_mode = \"command\" needs deploy_command")
+        if target.deploy_mode == "push" and target.remote not in gitops.remotes(repo):
+            raise ConfigError(f"[target] remote = \"{target.remote}\": {repo} has no such remote "
+                              f"(it has: {', '.join(gitops.remotes(repo)) or 'none'}); "
+                              "deploy_mode = \"push\" deploys by pushing there")
         run.settings.require_api_key()
         run.settings.require_database_url()
         if run.options.phase not in PHASES:
@@ -146,6 +199,11 @@ class Preflight(Step):
             raise StepFailed(f"the repository {repo} is not clean ({what}): commit, stash or "
                              "abort it first; a rollback starts from a clean checkout")
         head = gitops.head(repo)
+        if branch is None and "original_head" not in run.facts:
+            # the revert would go on top of whatever commit is checked out, maybe not what runs
+            raise StepFailed(f"the repository {repo} is on a detached HEAD ({head[:12]}): check "
+                             f"out the deployed branch first (git checkout "
+                             f"{run.settings.target.branch}); a rollback reverts on top of it")
         return head, branch, f"repository {repo} clean on {branch or 'a detached HEAD'} at {head[:12]}"
 
     def _reachable(self, run: Run) -> list[str]:
@@ -193,7 +251,13 @@ class Preflight(Step):
         lines.append(text)
         lines += self._reachable(run)
         holder = read_holder(run.repo)
-        lines.append(f"repository lock: {'held by ' + describe_holder(holder) if holder else 'free'}")
+        if holder and is_held(run.repo):
+            lines.append(f"repository lock: held by {describe_holder(holder)}")
+        elif holder:
+            lines.append(f"repository lock: free (left by {describe_holder(holder)}, whose process "
+                         "is gone: the run takes it over)")
+        else:
+            lines.append("repository lock: free")
         if run.options.touches_database:
             with dbops.read_only(run.database_url) as conn:
                 db_holder = advisory_holder(conn)
@@ -209,6 +273,7 @@ class Preflight(Step):
         self._config(run)
         lock = RepoLock(run.repo, run.run_id, run.options.phase)
         note = lock.acquire()
+        run.repo_lock = lock
         run.cleanups.append(lock.release)
         if note:
             run.say(note, "yellow")
@@ -243,9 +308,7 @@ class Baseline(Step):
 
     def run(self, run: Run) -> Done:
         n = run.settings.thresholds.sample_size
-        with httpx.Client(base_url=run.settings.target.api_base_url,
-                          timeout=run.settings.target.request_timeout_s) as client, \
-                ThreadPoolExecutor(max_workers=8) as pool:
+        with api_client(run) as client, ThreadPoolExecutor(max_workers=8) as pool:
             samples = probes.sample_endpoints(client, run.settings.require_api_key(), ENDPOINTS,
                                               n, pool=pool)
         p95 = {s.path: round(s.p95_ms, 1) for s in samples if s.p95_ms is not None}
@@ -465,7 +528,7 @@ class Build(Step):
         if not command:
             return Done("no build command configured: skipped", skipped=True)
         result = run_command(command, cwd=run.repo, timeout_s=run.settings.run.build_timeout_s,
-                             on_line=lambda line: run.note(f"build: {line}"))
+                             on_line=lambda line: run.note(f"build: {line}"), pass_fds=run.lock_fds)
         if result.returncode != 0:
             why = (f"timed out after {run.settings.run.build_timeout_s:g} s" if result.timed_out
                    else f"exited with {result.returncode}")
@@ -507,7 +570,8 @@ class Deploy(Step):
             assert target.deploy_command
             result = run_command(target.deploy_command, cwd=run.repo,
                                  timeout_s=target.deploy_timeout_s,
-                                 on_line=lambda line: run.note(f"deploy: {line}"))
+                                 on_line=lambda line: run.note(f"deploy: {line}"),
+                                 pass_fds=run.lock_fds)
             if result.returncode != 0:
                 raise self._failed(run, f"deploy command exited with {result.returncode}: "
                                         f"{run.redact(result.tail())}", expected)
@@ -571,6 +635,15 @@ def wait_for_version(run: Run, expected: str, timeout_s: float) -> probes.ApiHea
 # --- database ------------------------------------------------------------------------------------
 
 
+def still_locked(run: Run) -> None:
+    """Stop before changing the database further if the run's advisory lock is gone (its session
+    was ended on the server): another run could take it and work on the same rows."""
+    if run.db_lock is not None and not run.db_lock.held():
+        raise StepFailed("lost the database lock of this run (its session was ended on the "
+                         "server); stopped before the next change: run "
+                         f"`rollback run {run.options.phase}` again to take it back and continue")
+
+
 class ConvertKeys(Step):
     name, title = "database", "Convert branch keys"
     changes = True
@@ -605,24 +678,33 @@ class ConvertKeys(Step):
         settings = run.settings.run
         policy = dbops.BatchPolicy(settings.batch_size, settings.lock_timeout_ms,
                                    settings.batch_retries, settings.retry_backoff_s)
-        with dbops.connect(run.database_url, application_name=f"rollback {run.run_id}") as conn:
-            result = dbops.convert_branch_keys(conn, schema=backup["schema"], table=backup["table"],
-                                               run_id=run.run_id, policy=policy, log=run.say)
-            facts: dict[str, Any] = {"conversion": {
-                "batches": result.batches, "converted": result.converted, "retries": result.retries,
-                "late_keys": result.late_keys, "resumed_after_batch": result.resumed_after}}
-            if result.late_keys:
-                found = dbops.existing_backup(conn, backup["schema"], run.run_id)
-                assert found is not None
-                csv_path = Path(backup["csv"])
-                sha = dbops.write_backup_csv(conn, backup["schema"], backup["table"], csv_path)
-                facts["fase2_backup"] = {**backup, "row_count": found["row_count"],
-                                         "checksum": found["checksum"], "csv_sha256": sha}
+        try:
+            with dbops.connect(run.database_url, application_name=f"rollback {run.run_id}") as conn:
+                result = dbops.convert_branch_keys(conn, schema=backup["schema"],
+                                                   table=backup["table"], run_id=run.run_id,
+                                                   policy=policy, log=run.say,
+                                                   guard=lambda: still_locked(run))
+                facts: dict[str, Any] = {"conversion": {
+                    "batches": result.batches, "converted": result.converted,
+                    "retries": result.retries, "late_keys": result.late_keys,
+                    "resumed_after_batch": result.resumed_after}}
+                if result.late_keys:
+                    found = dbops.existing_backup(conn, backup["schema"], run.run_id)
+                    assert found is not None
+                    csv_path = Path(backup["csv"])
+                    sha = dbops.write_backup_csv(conn, backup["schema"], backup["table"], csv_path)
+                    facts["fase2_backup"] = {**backup, "row_count": found["row_count"],
+                                             "checksum": found["checksum"], "csv_sha256": sha}
+        except psycopg.OperationalError as exc:  # the server went away, or ended our session
+            raise StepFailed(f"lost the database connection during the key conversion "
+                             f"({first_line(exc)}): the batches committed so far stay converted; "
+                             "run `rollback run fase2` again to continue from there") from None
         if result.remaining:
             raise StepFailed(f"{result.remaining} keys are still branch-scoped after the "
                              "conversion: rerun to continue")
+        resumed = f", resumed after batch {result.resumed_after}" if result.resumed_after else ""
         return Done(f"{result.converted} keys converted in {result.batches} batches "
-                    f"({result.retries} retries); no branch key remains", facts)
+                    f"({result.retries} retries{resumed}); no branch key remains", facts)
 
 
 class DropObjects(Step):
@@ -654,31 +736,45 @@ class DropObjects(Step):
                         skipped=True)
         objects = fase3_objects(run)
         lock_ms = run.settings.run.lock_timeout_ms
-        dropped, retries = [], 0
-        with dbops.connect(run.database_url, autocommit=True,
-                           application_name=f"rollback {run.run_id}") as conn:
-            for obj in dbops.drop_order(objects):
-                state = dbops.inspect_object(conn, obj)
-                if not state.present:
-                    continue
-                for attempt in range(run.settings.run.batch_retries + 1):
-                    try:
-                        dbops.drop_object(conn, state, lock_ms)
-                        break
-                    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
-                        if attempt == run.settings.run.batch_retries:
-                            raise StepFailed(f"cannot drop {obj.label}: {first_line(exc)} "
-                                             f"after {attempt} retries; rerun to continue") from None
-                        retries += 1
-                        time.sleep(run.settings.run.retry_backoff_s * 2 ** attempt)
-                    except psycopg.errors.DependentObjectsStillExist as exc:
-                        raise StepFailed(f"cannot drop {obj.label}: {first_line(exc)}; "
-                                         "something outside FASE 3 depends on it") from None
-                dropped.append(obj.label)
-                run.say(f"dropped {obj.kind} {obj.label}")
-            left = [o.label for o in objects if dbops.inspect_object(conn, o).present]
+        # journaled as it goes; a resumed run continues the list its earlier attempts left
+        so_far: list[str] = list(run.facts.get("fase3_dropped") or [])
+        retries = 0
+        try:
+            with dbops.connect(run.database_url, autocommit=True,
+                               application_name=f"rollback {run.run_id}") as conn:
+                for obj in dbops.drop_order(objects):
+                    state = dbops.inspect_object(conn, obj)
+                    if not state.present:
+                        continue
+                    for attempt in range(run.settings.run.batch_retries + 1):
+                        still_locked(run)
+                        try:
+                            dbops.drop_object(conn, state, lock_ms)
+                            break
+                        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                            if attempt == run.settings.run.batch_retries:
+                                raise StepFailed(f"cannot drop {obj.label}: {first_line(exc)} "
+                                                 f"after {attempt} retries; rerun to continue") from None
+                            retries += 1
+                            time.sleep(dbops.backoff(run.settings.run.retry_backoff_s, attempt))
+                        except psycopg.errors.DependentObjectsStillExist as exc:
+                            raise StepFailed(f"cannot drop {obj.label}: {first_line(exc)}; "
+                                             "something outside FASE 3 depends on it") from None
+                    if obj.label not in so_far:
+                        so_far.append(obj.label)
+                    run.remember(fase3_dropped=so_far)
+                    run.say(f"dropped {obj.kind} {obj.label}")
+                left = [o.label for o in objects if dbops.inspect_object(conn, o).present]
+        except psycopg.OperationalError as exc:  # the server went away, or ended our session
+            raise StepFailed(f"lost the database connection while dropping FASE 3's objects "
+                             f"({first_line(exc)}): what was dropped stays dropped; run "
+                             "`rollback run fase3` again to continue from there") from None
         if left:
             raise StepFailed(f"still present after dropping: {', '.join(left)}")
+        # What the run dropped, over all its attempts: every object there when it backed them up
+        # (all gone now, verified), also one dropped by an attempt killed before journaling it.
+        absent = set((run.facts.get("fase3_backup") or {}).get("missing") or [])
+        dropped = [o.label for o in dbops.drop_order(objects) if o.label not in absent]
         return Done(f"{len(dropped)} objects dropped; verified none of the {len(objects)} remains",
                     {"fase3_dropped": dropped, "fase3_drop_retries": retries})
 
@@ -715,8 +811,7 @@ def write_run_context(run: Run) -> Path:
         fase3_objects=objects,
     )
     path = run.dir / "run-context.json"
-    context.write(path)
-    os.chmod(path, 0o600)
+    write_private(path, json.dumps(context.to_json(), indent=2) + "\n")  # 0600 from the start
     return path
 
 
