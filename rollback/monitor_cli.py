@@ -18,6 +18,11 @@ from rollback.errors import StepFailed, UsageError
 
 MIN_INTERVAL_S = 0.1
 
+#: `rollback health` (once) may take as long as this many checks at [thresholds] check_timeout_s
+#: (90 s by default): a healthy run takes seconds, but against a hung API each of its ~50 checks
+#: would wait out its own timeout, minutes in all
+ONCE_BUDGET_CHECKS = 3
+
 
 def _only_with(flag: str, given: dict[str, Any]) -> None:
     named = [name for name, value in given.items() if value not in (None, False)]
@@ -28,8 +33,8 @@ def _only_with(flag: str, given: dict[str, Any]) -> None:
 @click.command("health")
 @click.option("--continuous", is_flag=True, help="Keep checking on a fixed schedule until stopped.")
 @click.option("--interval", metavar="DURATION",
-              help="Time between cycle starts: 30, 30s, 5m (default [health] interval_s, 30 s).")
-@click.option("--duration", metavar="DURATION", help="Stop after this long: 20s, 90m, 1h.")
+              help="Time between cycle starts: 30, 30s, 5m, up to 365d (default [health] interval_s, 30 s).")
+@click.option("--duration", metavar="DURATION", help="Stop after this long: 20s, 90m, 1h, up to 365d.")
 @click.option("--max-cycles", type=click.IntRange(min=1), metavar="N", help="Stop after N cycles.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Serve Prometheus metrics on this port while running.")
@@ -45,8 +50,9 @@ def _only_with(flag: str, given: dict[str, Any]) -> None:
 def health(continuous: bool, interval: str | None, duration: str | None, max_cycles: int | None,
            metrics_port: int | None, pushgateway: str | None, plain: bool, report: bool,
            since: str | None, output: Path | None, verbose: bool) -> None:
-    """Check the API and database: once (the health checks, an HTML report, exit 0 or 1),
-    continuously with alerts and metrics, or report on what the monitor recorded.
+    """Check the API and database: once (the health checks, an HTML report, exit 0 or 1; stopped
+    after 3 x [thresholds] check_timeout_s, 90 s by default), continuously with alerts and
+    metrics, or report on what the monitor recorded.
 
     \b
     Once:        rollback health
@@ -58,8 +64,13 @@ def health(continuous: bool, interval: str | None, duration: str | None, max_cyc
                  rollback health --report --since 24h
 
     Alerts go to every Apprise URL in ROLLBACK_NOTIFY_URLS (slack://..., pagerduty://...,
-    mailtos://..., json://...) and to logs/health-alert-*.json. Exit: 0 healthy, 1 a check
-    failed (continuous: an incident still open at the end), 2 bad usage.
+    mailtos://..., json://...) and to logs/health-alert-*.json. Durations (30, 500ms, 20s,
+    90m, 1h, 7d) go up to 365 days.
+
+    Ctrl-C or SIGTERM stops the continuous monitor after the cycle in progress (a second
+    Ctrl-C at once) and prints its summary; it stops a single run and its checks at once.
+    Exit: 0 healthy, 1 a check failed (continuous: an incident still open at the end),
+    2 bad usage, 130 a single run interrupted.
     """
     from rollback.config import load_settings
     from rollback.monitor.schedule import parse_duration
@@ -92,16 +103,24 @@ def health(continuous: bool, interval: str | None, duration: str | None, max_cyc
 
 
 def _once(settings: Any, pushgateway: str | None, verbose: bool) -> None:
+    from rollback.runs.core import sigterm_as_interrupt
     from rollback.validate import run_validation
 
+    budget = ONCE_BUDGET_CHECKS * settings.thresholds.check_timeout_s
     out.print(f"running the health checks against {settings.target.api_base_url} ...", markup=False)
-    result = run_validation("health", reports_root=settings.paths.reports_dir,
-                            echo=sys.stdout if verbose else None)
+    with sigterm_as_interrupt():  # a stopped job stops its checks too, and says so (exit 130)
+        result = run_validation("health", reports_root=settings.paths.reports_dir,
+                                echo=sys.stdout if verbose else None, timeout_s=budget)
     for check in result.checks:
         if check.verdict == "fail":
             out.print(f"[bold red]FAIL[/] {escape(check.nodeid)}: {escape(check.message)}", soft_wrap=True)
         for warning in check.warnings:
             out.print(f"[yellow]WARN[/] {escape(check.nodeid)}: {escape(warning)}", soft_wrap=True)
+    if result.duration_s >= budget and not result.healthy:  # stopped by the budget
+        out.print("[bold red]STOPPED[/] " + escape(
+            f"the health checks did not finish within {budget:g} s ({ONCE_BUDGET_CHECKS} x "
+            "[thresholds] check_timeout_s): is the API or the database hung? The checks not "
+            "reached are missing from the report"), soft_wrap=True)
     colour = "green" if result.healthy else "bold red"
     verdict = "healthy" if result.healthy else "unhealthy"
     out.print(f"[{colour}]{verdict}[/] {escape(result.summary())}", soft_wrap=True)

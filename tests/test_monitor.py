@@ -6,6 +6,7 @@ Notices travel through Apprise (`json://127.0.0.1:PORT/...`) to a small `http.se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,7 +30,9 @@ from rollback.monitor.alerts import AlertBook
 from rollback.monitor.checks import Cycle
 from rollback.probes import USER_AGENT, probe_api_health, probe_database, sample_endpoints
 from sandbox import control
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, run_cli
+from tests.reliability import FakeApi, gate_checks, start, wait_gone, wait_until
+from tests.test_drivers import make_target
 
 T = TypeVar("T")
 SECRET = "s3cr3t-hook-pw"
@@ -103,6 +107,21 @@ def receiver() -> Iterator[Receiver]:
     yield box[0]
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def fake_api() -> Iterator[Callable[[str], str]]:
+    """The URL of an API on 127.0.0.1 that answers badly (`tests.reliability.FakeApi`'s modes:
+    'silent' never answers, 'endless' sends 200 headers and a body that never ends)."""
+    made: list[FakeApi] = []
+
+    def make(mode: str) -> str:
+        made.append(FakeApi(mode))
+        return made[-1].url
+
+    yield make
+    for fake in made:
+        fake.close()
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -347,6 +366,19 @@ def test_alerts_still_go_out_when_logs_cannot_be_written(box: Sandbox, receiver:
     assert sum("cannot write under" in n for n in view.notes) == 1  # once, not every cycle
 
 
+def test_an_endless_body_counts_as_the_api_unavailable_within_the_probe_timeout(
+    box: Sandbox, tmp_path: Path, fake_api: Callable[[str], str]
+) -> None:
+    settings = load_settings(env=box.env(API_BASE_URL=fake_api("endless")), overrides={
+        "paths": {"logs_dir": tmp_path / "logs"}, "health": {"probe_timeout_s": 1}})
+    _, thread, seen = run_in_thread(settings, Options(interval_s=0.2, max_cycles=2))
+    thread.join(20)
+    assert not thread.is_alive(), f"the monitor still waits for the answer's end after {len(seen)} cycles"
+    assert [(c.checks["api"].status, c.checks["api"].detail) for c in seen] == [
+        ("fail", "/health: timeout")] * 2
+    assert all(c.duration_ms < 3000 for c in seen), [round(c.duration_ms) for c in seen]
+
+
 # --- the command line --------------------------------------------------------------------------
 
 
@@ -398,3 +430,59 @@ def test_the_monitor_commands_are_on_the_toolkit_cli() -> None:
 
     assert {"health", "logs"} <= set(cli.commands)
     assert "prune" in cli.commands["logs"].commands  # type: ignore[attr-defined]
+
+
+def test_sigterm_stops_the_continuous_monitor_facing_an_endless_api_with_its_summary(
+    fresh_sandbox: Sandbox, tmp_path: Path, fake_api: Callable[[str], str]
+) -> None:
+    target = make_target(fresh_sandbox, tmp_path / "t", health={"probe_timeout_s": 1, "fire_after": 2})
+    # each cycle waits its 1 s probe timeout on a 100 ms schedule: the signal lands inside one
+    monitor = start(target, "health", "--continuous", "--interval", "100ms", folder=tmp_path,
+                    name="monitor", API_BASE_URL=fake_api("endless"))
+    try:
+        wait_until(lambda: monitor.output().count(" cycle=") >= 2, "two cycles", monitor, timeout=30)
+        monitor.process.send_signal(signal.SIGTERM)
+        code = monitor.wait(timeout=10)  # the cycle in progress ends within its probe timeout
+    finally:
+        if monitor.alive():
+            monitor.process.kill()
+    output = monitor.output()
+    assert code == 1, output  # exit 1: an incident (the API) is still open
+    assert "stopped (terminated) after" in output
+    assert "OPEN API available failing since" in output and "/health: timeout" in output
+    assert "Traceback" not in output
+
+
+def test_health_once_against_a_hung_api_stops_at_its_overall_budget(
+    fresh_sandbox: Sandbox, tmp_path: Path, fake_api: Callable[[str], str]
+) -> None:
+    target = make_target(fresh_sandbox, tmp_path / "t", target={"request_timeout_s": 1},
+                         thresholds={"check_timeout_s": 2})
+    started = time.monotonic()
+    done = run_cli("health", env=target.env(API_BASE_URL=fake_api("silent")), cwd=tmp_path, timeout=50)
+    took = time.monotonic() - started
+    # the budget is 3 x [thresholds] check_timeout_s (6 s), whatever the number of checks;
+    # without a budget: about 30 s here, 49 checks each waiting for its own timeout
+    assert took < 18, f"{took:.1f} s: {done.stdout[-500:]}"
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the health checks did not finish within 6 s" in done.stdout
+    assert "unhealthy health:" in done.stdout
+
+
+def test_sigterm_stops_health_once_and_its_checks_with_exit_130(
+    fresh_sandbox: Sandbox, tmp_path: Path, fake_api: Callable[[str], str]
+) -> None:
+    target = make_target(fresh_sandbox, tmp_path / "t")
+    once = start(target, "health", folder=tmp_path, name="once", API_BASE_URL=fake_api("silent"))
+    checks = wait_until(lambda: gate_checks(once), "the health checks to start", once, timeout=30)
+    try:
+        once.process.send_signal(signal.SIGTERM)
+        code = once.wait(timeout=20)
+        wait_gone(checks, timeout=2)  # no pytest outlives the command
+    finally:
+        once.process.kill()
+        for process in checks:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+    assert code == 130, once.output()
+    assert once.stderr.read_text().strip().splitlines()[-1] == "interrupted"

@@ -204,6 +204,16 @@ def test_bad_durations_name_the_option(text: str) -> None:
         parse_duration(text, "--interval")
 
 
+@pytest.mark.parametrize("text", ["99999999999999h", "366d", "1" + "0" * 400])
+def test_durations_beyond_a_year_are_refused_by_name(text: str) -> None:
+    with pytest.raises(UsageError, match=r"--duration '[^']+': at most 365 d"):
+        parse_duration(text, "--duration")
+
+
+def test_a_year_is_the_longest_duration() -> None:
+    assert parse_duration("365d") == timedelta(days=365)
+
+
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (0.25, 42, 185, 7800, 97200)] == [
         "250 ms", "42 s", "3 min 5 s", "2 h 10 min", "1 d 3 h"]

@@ -11,6 +11,8 @@ A cycle is a short list of steps, all in this process (no pytest per cycle):
 
 The HTTP client, its connections and the probe threads are built once per run and reused, and
 nothing grows with the number of cycles: history goes to disk, only counters stay in memory.
+Every answer is bounded by [health] probe_timeout_s, body included (`rollback.http`), so a
+cycle always ends, and with it a run asked to stop (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import httpx
 
 from rollback.config import Settings
+from rollback.http import bounded_client
 from rollback.monitor import store
 from rollback.monitor.alerts import AlertBook, AlertEvent, EventKind, Incident, Policy
 from rollback.monitor.checks import CHECKS, SLOW_DOWN, Cycle, Measurements, Status, evaluate
@@ -166,15 +169,17 @@ class Monitor:
     # --- run ---------------------------------------------------------------------------------
 
     def run(self) -> Summary:
+        with self._signals():  # from the start: a stop asked during the setup is kept too
+            return self._run()
+
+    def _run(self) -> Summary:
         opts, health = self.options, self.settings.health
         summary = Summary(started=utc_now())
-        client = httpx.Client(
-            base_url=self.settings.target.api_base_url,
-            timeout=health.probe_timeout_s,
-            headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=health.concurrency + 1,
-                                max_keepalive_connections=health.concurrency + 1),
-        )
+        # Every answer bounded by the probe timeout, body included: an API whose body never
+        # ends is unavailable this cycle, and the cycle ends, so a stop is not kept waiting.
+        client = bounded_client(self.settings.target.api_base_url, health.probe_timeout_s,
+                                headers={"User-Agent": USER_AGENT},
+                                max_connections=health.concurrency + 1)
         pool = ThreadPoolExecutor(max_workers=health.concurrency, thread_name_prefix="probe")
         try:
             if opts.metrics_port is not None:
@@ -184,28 +189,27 @@ class Monitor:
             schedule = Schedule.starting_now(opts.interval_s, time.monotonic)
             deadline = schedule.t0 + opts.duration_s if opts.duration_s else math.inf
             slot = 0
-            with self._signals():
-                while not self._stop.is_set():
-                    wait = schedule.due(slot) - time.monotonic()
-                    if wait > 0 and self._stop.wait(wait):
-                        break
-                    lag_ms = max(0.0, (time.monotonic() - schedule.due(slot)) * 1000)
-                    cycle = self._cycle(summary.cycles + 1, slot, lag_ms, client, pool)
-                    summary.cycles += 1
-                    summary.max_lag_ms = max(summary.max_lag_ms, lag_ms)
-                    for name, result in cycle.checks.items():
-                        summary.statuses.setdefault(name, Counter())[str(result.status)] += 1
-                    slot, missed = schedule.next_slot(slot)
-                    if opts.max_cycles is not None and summary.cycles >= opts.max_cycles:
-                        self.stop(f"--max-cycles {opts.max_cycles} reached")
-                    elif schedule.due(slot) >= deadline:
-                        self.stop(f"--duration {format_duration(opts.duration_s or 0)} reached")
-                    elif missed:
-                        summary.missed += missed
-                        self._missed += missed
-                        self.metrics.missed.inc(missed)
-                        self._log_line(f"SCHEDULE cycle {cycle.number} took {cycle.duration_ms:.0f} ms: "
-                                       f"{missed} slot(s) of {opts.interval_s:g} s skipped")
+            while not self._stop.is_set():
+                wait = schedule.due(slot) - time.monotonic()
+                if wait > 0 and self._stop.wait(wait):
+                    break
+                lag_ms = max(0.0, (time.monotonic() - schedule.due(slot)) * 1000)
+                cycle = self._cycle(summary.cycles + 1, slot, lag_ms, client, pool)
+                summary.cycles += 1
+                summary.max_lag_ms = max(summary.max_lag_ms, lag_ms)
+                for name, result in cycle.checks.items():
+                    summary.statuses.setdefault(name, Counter())[str(result.status)] += 1
+                slot, missed = schedule.next_slot(slot)
+                if opts.max_cycles is not None and summary.cycles >= opts.max_cycles:
+                    self.stop(f"--max-cycles {opts.max_cycles} reached")
+                elif schedule.due(slot) >= deadline:
+                    self.stop(f"--duration {format_duration(opts.duration_s or 0)} reached")
+                elif missed:
+                    summary.missed += missed
+                    self._missed += missed
+                    self.metrics.missed.inc(missed)
+                    self._log_line(f"SCHEDULE cycle {cycle.number} took {cycle.duration_ms:.0f} ms: "
+                                   f"{missed} slot(s) of {opts.interval_s:g} s skipped")
         except KeyboardInterrupt:
             self._stop_reason = "interrupted at once"
         finally:

@@ -1,4 +1,4 @@
-"""A fixed schedule, and the durations users type (`20s`, `90m`, `1h`, `7d`).
+"""A fixed schedule, and the durations users type (`20s`, `90m`, `1h`, `7d`), up to a year.
 
 Cycle k is due at t0 + k * interval. A cycle that runs past the next slot does not push every
 later cycle back: the slots it overran are skipped and counted, and the next cycle starts on
@@ -18,15 +18,22 @@ from rollback.errors import UsageError
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
+#: the longest duration accepted: a monitor's run, interval or report window beyond a year is a
+#: typo, and far beyond it the number no longer fits a timedelta or a timer
+MAX_DURATION = timedelta(days=365)
+
 
 def parse_duration(text: str, what: str = "duration") -> timedelta:
-    """'20s', '90m', '1h', '7d', '1.5h' or plain seconds ('30'); UsageError names `what` otherwise."""
+    """'20s', '90m', '1h', '7d', '1.5h' or plain seconds ('30'), up to MAX_DURATION;
+    UsageError names `what` otherwise."""
     match = _DURATION.match(text or "")
     if not match:
         raise UsageError(f"{what} {text!r}: expected a number with a unit, such as 20s, 90m, 1h or 7d")
     seconds = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
     if seconds <= 0:
         raise UsageError(f"{what} {text!r}: must be more than zero")
+    if seconds > MAX_DURATION.total_seconds():  # also catches inf: '1000...0' with 400 digits
+        raise UsageError(f"{what} {text!r}: at most {format_duration(MAX_DURATION.total_seconds())}")
     return timedelta(seconds=seconds)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import psycopg
 
 from rollback import probes
 from rollback.errors import ConfigError, GateFailed, StepFailed, UsageError
+from rollback.http import bounded_client
 from rollback.runs import dbops, gitops
 from rollback.runs.core import PHASES, Done, Run, Step, StepPlan, run_command
 from rollback.runs.journal import iso, utc_now
@@ -108,52 +108,9 @@ def fase3_objects(run: Run) -> list[dbops.DbObject]:
     return objects
 
 
-#: the most an answer of the API may weigh: /health and a page of a list are a few kB
-MAX_RESPONSE_BYTES = 8 << 20
-
-
-class _BoundedBody(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, request: httpx.Request, deadline: float) -> None:
-        self._inner, self._request, self._deadline = inner, request, deadline
-
-    def __iter__(self) -> Iterator[bytes]:
-        size = 0
-        for chunk in self._inner:
-            size += len(chunk)
-            if time.monotonic() > self._deadline or size > MAX_RESPONSE_BYTES:
-                raise httpx.ReadTimeout(f"the answer did not end in time (or within "
-                                        f"{MAX_RESPONSE_BYTES >> 20} MB)", request=self._request)
-            yield chunk
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class BoundedTransport(httpx.HTTPTransport):
-    """Bounds a whole answer, body included, by `total_s` and MAX_RESPONSE_BYTES.
-
-    httpx's timeouts bound each read, so a body that trickles on for ever would hang a rollback
-    at its pre-flight; here it ends as a timeout, which the probes report as such.
-    """
-
-    def __init__(self, total_s: float) -> None:
-        super().__init__()
-        self.total_s = total_s
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        deadline = time.monotonic() + self.total_s
-        response = super().handle_request(request)
-        assert isinstance(response.stream, httpx.SyncByteStream)
-        return httpx.Response(response.status_code, headers=response.headers,
-                              stream=_BoundedBody(response.stream, request, deadline),
-                              extensions=response.extensions)
-
-
 def api_client(run: Run) -> httpx.Client:
     """A client for the target's API whose every answer is bounded in time and size."""
-    timeout = run.settings.target.request_timeout_s
-    return httpx.Client(base_url=run.settings.target.api_base_url, timeout=timeout,
-                        transport=BoundedTransport(timeout))
+    return bounded_client(run.settings.target.api_base_url, run.settings.target.request_timeout_s)
 
 
 def health(run: Run) -> probes.ApiHealth:
