@@ -143,7 +143,7 @@ class Retention(_Section):
 class Health(_Section):
     """The continuous monitor (`rollback health --continuous`): schedule, probes, alert damping."""
 
-    interval_s: float = Field(default=30.0, gt=0)
+    interval_s: float = Field(default=30.0, ge=0.1, le=365 * 86400)
     fire_after: int = Field(default=2, ge=1)
     resolve_after: int = Field(default=2, ge=1)
     remind_minutes: float = Field(default=15.0, gt=0)

@@ -170,6 +170,15 @@ def affected_from_backup(conn: psycopg.Connection[Any], schema: str, table: str)
     return _tenants_from(conn.execute(query).fetchall())
 
 
+def affected_counts(conn: psycopg.Connection[Any], schema: str, table: str) -> tuple[int, int]:
+    """(tenants, active keys) a run converted, counted in the database from its backup: the
+    backup step needs only these, and one GROUP BY costs a fraction of building every key."""
+    row = conn.execute(sql.SQL(
+        "SELECT count(DISTINCT tenant_id), count(*) FILTER (WHERE is_active AND revoked_at IS NULL) "
+        "FROM {}").format(sql.Identifier(schema, table))).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 # --- FASE 2: backup --------------------------------------------------------------------------
 
 

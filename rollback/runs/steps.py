@@ -323,11 +323,10 @@ class Backup(Step):
             with dbops.connect(run.database_url, application_name=f"rollback {run.run_id}") as conn:
                 backup = dbops.backup_fase2(conn, schema=run.settings.run.backup_schema,
                                             run_id=run.run_id, csv_path=csv_path)
-                tenants = dbops.affected_from_backup(conn, backup.schema, backup.table)
+                tenants, active = dbops.affected_counts(conn, backup.schema, backup.table)
             facts["fase2_backup"] = backup.as_facts()
-            facts["affected"] = {"tenants": len(tenants), "keys": backup.row_count,
-                                 "active_keys": sum(t.active_keys for t in tenants)}
-            parts.append(f"{backup.row_count} branch keys of {len(tenants)} tenants in "
+            facts["affected"] = {"tenants": tenants, "keys": backup.row_count, "active_keys": active}
+            parts.append(f"{backup.row_count} branch keys of {tenants} tenants in "
                          f"{backup.schema}.{backup.table} and {csv_path.name} "
                          f"(checksum {backup.checksum[:12]})")
         if run.options.phase == "fase3" and run.options.db_option == 2:
