@@ -179,6 +179,16 @@ def affected_counts(conn: psycopg.Connection[Any], schema: str, table: str) -> t
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
+def _next_batch(conn: psycopg.Connection[Any], backup: sql.Identifier, after: str | None,
+                policy: BatchPolicy) -> list[Any]:
+    """In the batch's transaction: its lock_timeout, and the next keys of the backup by id."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+        sql.Literal(f"{policy.lock_timeout_ms}ms")))
+    return [r[0] for r in conn.execute(sql.SQL(
+        "SELECT id FROM {} WHERE %s::uuid IS NULL OR id > %s::uuid ORDER BY id LIMIT %s"
+    ).format(backup), (after, after, policy.size)).fetchall()]
+
+
 # --- FASE 2: backup --------------------------------------------------------------------------
 
 
@@ -419,11 +429,7 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
         nonlocal batch, last_id
         guard()
         with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                sql.Literal(f"{policy.lock_timeout_ms}ms")))
-            ids = [r[0] for r in conn.execute(sql.SQL(
-                "SELECT id FROM {} WHERE %s::uuid IS NULL OR id > %s::uuid ORDER BY id LIMIT %s"
-            ).format(backup), (last_id, last_id, policy.size)).fetchall()]
+            ids = _next_batch(conn, backup, last_id, policy)
             if not ids:
                 return -1
             updated = conn.execute(
@@ -552,11 +558,7 @@ def restore_fase2(conn: psycopg.Connection[Any], *, schema: str, run_id: str, po
     def one_batch() -> int:
         nonlocal last_id
         with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                sql.Literal(f"{policy.lock_timeout_ms}ms")))
-            ids = [r[0] for r in conn.execute(sql.SQL(
-                "SELECT id FROM {} WHERE %s::uuid IS NULL OR id > %s::uuid ORDER BY id LIMIT %s"
-            ).format(backup), (last_id, last_id, policy.size)).fetchall()]
+            ids = _next_batch(conn, backup, last_id, policy)
             if not ids:
                 return -1
             updated = conn.execute(sql.SQL(
