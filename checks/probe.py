@@ -20,20 +20,13 @@ import httpx
 import pytest
 
 from checks.evidence import Evidence, excerpt
+from rollback.probes import percentile
 
 ENDPOINTS = ("/v1/leads", "/v1/appointments", "/v1/branches")
 RESOURCES = {path: path.rsplit("/", 1)[1] for path in ENDPOINTS}
 MAX_WORKERS = 8
 #: every validation request says who it is, so the real-traffic checks can leave them out
 USER_AGENT = "rollback-toolkit-validation"
-
-
-def p95(values: Sequence[float]) -> float:
-    """The 95th percentile by nearest rank: the value 95% of the sample is at or below."""
-    if not values:
-        raise ValueError("p95 of an empty sample")
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
 def cache_buster() -> dict[str, str]:
@@ -115,7 +108,7 @@ class Sample:
     @property
     def p95_ms(self) -> float:
         """May be infinite: more than 5% of the sample got no answer in time."""
-        return p95(self.latencies_ms)
+        return percentile(self.latencies_ms, 95)
 
     @property
     def failures(self) -> list[Outcome]:
