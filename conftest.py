@@ -24,10 +24,11 @@ from checks._plugin.redact import safe_url
 from checks._plugin.verdicts import evidence_of, inconclusive
 from checks.database import KeyTenant, connect_read_only, find_key
 from checks.evidence import Evidence
-from checks.probe import ENDPOINTS, USER_AGENT, Sample, sample
+from checks.probe import USER_AGENT, Sample, sample
 from checks.run_context import RunContext
 from rollback.config import Settings, Thresholds
 from rollback.errors import ConfigError
+from rollback.profile import Profile
 
 pytest_plugins = [
     "checks._plugin.options",
@@ -46,6 +47,13 @@ def suite(pytestconfig: pytest.Config) -> SuiteConfig:
 def target(suite: SuiteConfig) -> Settings:
     """The target's Settings: rollback.toml + environment + command-line options."""
     return suite.settings
+
+
+@pytest.fixture(scope="session")
+def profile(target: Settings) -> Profile:
+    """What the platform looks like ([platform] profile in rollback.toml, or ROLLBACK_PROFILE):
+    its endpoints, health vocabulary, error codes, tables and phases."""
+    return target.platform
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +109,17 @@ def revoked_api(target: Settings) -> Iterator[httpx.Client]:
     if secret is None:
         inconclusive("TEST_REVOKED_API_KEY is not set: export a revoked key to check that "
                      "revoked keys are refused")
+    with _client(target, secret.get_secret_value()) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def expired_api(target: Settings) -> Iterator[httpx.Client]:
+    """A client with TEST_EXPIRED_API_KEY (an expired key of the target). Optional."""
+    secret = target.secrets.test_expired_api_key
+    if secret is None:
+        inconclusive("TEST_EXPIRED_API_KEY is not set: export an expired key to check that "
+                     "expired keys are refused")
     with _client(target, secret.get_secret_value()) as client:
         yield client
 
@@ -166,6 +185,6 @@ def foreign_branch_id(key_tenant: KeyTenant, _db_session: psycopg.Connection) ->
 
 
 @pytest.fixture(scope="session")
-def endpoint_samples(api: httpx.Client, thresholds: Thresholds) -> dict[str, Sample]:
+def endpoint_samples(api: httpx.Client, thresholds: Thresholds, profile: Profile) -> dict[str, Sample]:
     """`sample_size` concurrent GETs to each list endpoint, shared by latency and error checks."""
-    return sample(api, ENDPOINTS, thresholds.sample_size)
+    return sample(api, profile.endpoints, thresholds.sample_size)

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from checks._plugin.verdicts import saw_nothing
 from rollback.config import Settings
 
 
@@ -62,3 +64,13 @@ def connect_read_only(target: Settings) -> psycopg.Connection:
     # Also BEGIN READ ONLY per transaction, which survives transaction-mode poolers.
     conn.read_only = True
     return conn
+
+
+def require_rows(db: psycopg.Connection, table: str, what: str) -> None:
+    """A check over `table` that would find no violation in an empty table has seen nothing."""
+    __tracebackhide__ = True
+    row = db.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))
+                     ).fetchone()
+    if not (row and row[0]):
+        saw_nothing(f"{table} holds no rows, so {what} proves nothing: is DATABASE_URL the "
+                    "platform's database?")

@@ -10,10 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from checks._plugin.verdicts import inconclusive
+from checks._plugin.verdicts import inconclusive, saw_nothing
 from checks.evidence import Evidence, excerpt
 from checks.probe import Outcome, Sample
 from rollback.config import Thresholds
+from rollback.profile import Resource
 
 __all__ = [
     "expect_error_body",
@@ -26,15 +27,10 @@ __all__ = [
     "expect_status",
     "expect_total",
     "inconclusive",
+    "saw_nothing",
 ]
 
 LIST_KEYS = {"data", "total", "page", "pageSize", "filters"}
-FIELDS = {
-    "leads": {"id", "tenant_id", "branch_id", "phone", "name", "email", "status",
-              "classification", "source", "created_at", "updated_at"},
-    "appointments": {"id", "tenant_id", "branch_id", "lead_id", "scheduled_at", "status"},
-    "branches": {"id", "tenant_id", "name", "slug", "city", "state", "is_active"},
-}
 
 
 def _where(response: httpx.Response) -> str:
@@ -80,10 +76,10 @@ def expect_error_body(response: httpx.Response, status: int, code: str | None) -
                     f"{excerpt(response)}", pytrace=False)
 
 
-def expect_list_shape(response: httpx.Response, resource: str) -> list[dict[str, Any]]:
+def expect_list_shape(response: httpx.Response, resource: Resource) -> list[dict[str, Any]]:
     """200 and {data, total, page, pageSize, filters} with the resource's fields per record."""
     __tracebackhide__ = True
-    expect_status(response, 200, f"the {resource} list is broken for clients")
+    expect_status(response, 200, f"the {resource.name} list is broken for clients")
     body = expect_json(response)
     if not isinstance(body, dict) or not set(body) >= LIST_KEYS:
         have = sorted(body) if isinstance(body, dict) else type(body).__name__
@@ -95,11 +91,11 @@ def expect_list_shape(response: httpx.Response, resource: str) -> list[dict[str,
                     f"{type(body['total']).__name__}, expected a list and an integer", pytrace=False)
     missing: dict[str, int] = {}
     for record in body["data"]:
-        for name in FIELDS[resource] - set(record if isinstance(record, dict) else {}):
+        for name in set(resource.fields) - set(record if isinstance(record, dict) else {}):
             missing[name] = missing.get(name, 0) + 1
     if missing:
         listing = ", ".join(f"{name} (in {n})" for name, n in sorted(missing.items()))
-        pytest.fail(f"{_where(response)}: {resource} records lack fields {listing} of "
+        pytest.fail(f"{_where(response)}: {resource.name} records lack fields {listing} of "
                     f"{len(body['data'])} records", pytrace=False)
     return body["data"]
 
@@ -115,10 +111,17 @@ def expect_total(response: httpx.Response) -> int:
     return total
 
 
-def expect_own_tenant(records: Iterable[Mapping[str, Any]], tenant_id: str, what: str) -> None:
-    """Every record carries the key's tenant: anything else is a data leak between tenants."""
+def expect_own_tenant(records: Iterable[Mapping[str, Any]], tenant_id: str, what: str,
+                      *, require: bool = True) -> None:
+    """Every record carries the key's tenant: anything else is a data leak between tenants.
+
+    No record at all proves nothing: with `require` that is inconclusive (`saw_nothing`).
+    """
     __tracebackhide__ = True
     records = list(records)
+    if not records and require:
+        saw_nothing(f"{what} returned no records, so none could be checked for its tenant; "
+                    "use a TEST_API_KEY whose tenant has data")
     foreign = [r for r in records if str(r.get("tenant_id")) != tenant_id]
     if foreign:
         tenants = sorted({str(r.get("tenant_id")) for r in foreign})

@@ -22,8 +22,6 @@ import pytest
 from checks.evidence import Evidence, excerpt
 from rollback.probes import percentile
 
-ENDPOINTS = ("/v1/leads", "/v1/appointments", "/v1/branches")
-RESOURCES = {path: path.rsplit("/", 1)[1] for path in ENDPOINTS}
 MAX_WORKERS = 8
 #: every validation request says who it is, so the real-traffic checks can leave them out
 USER_AGENT = "rollback-toolkit-validation"
@@ -42,12 +40,14 @@ def get(
     evidence: Evidence | None = None,
     note: str = "",
     headers: Mapping[str, str] | None = None,
+    follow_redirects: bool = False,
 ) -> httpx.Response:
     """GET path; a transport error or a 429 fails the check with what it means for on-call."""
     __tracebackhide__ = True
     started = time.perf_counter()
     try:
-        response = client.get(path, params=params, headers=headers)
+        response = client.get(path, params=params, headers=headers,
+                              follow_redirects=follow_redirects)
     except httpx.TimeoutException as exc:
         elapsed = (time.perf_counter() - started) * 1000
         if evidence is not None:

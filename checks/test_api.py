@@ -14,50 +14,82 @@ from checks.evidence import Evidence
 from checks.expect import expect_json, inconclusive
 from checks.phases import ALL_PHASES
 from checks.probe import get
+from rollback.profile import Profile, VersionUnknown, deployed_version, dig, version_matches
 
 pytestmark = ALL_PHASES
 
 
 @pytest.fixture(scope="module")
-def health(anon_api: httpx.Client) -> httpx.Response:
-    return get(anon_api, "/health")
+def health(anon_api: httpx.Client, profile: Profile) -> httpx.Response:
+    return get(anon_api, profile.health.path, follow_redirects=profile.health.follow_redirects)
 
 
-def test_api_is_reachable(anon_api: httpx.Client, evidence: Evidence) -> None:
-    response = get(anon_api, "/health", evidence=evidence)
-    if response.status_code == 404:  # the original scripts also tried /api/health
-        response = get(anon_api, "/api/health", evidence=evidence)
+def _where(response: httpx.Response, profile: Profile) -> str:
+    """'/health' or '/health -> /api/health' when a redirect was followed."""
+    if response.url.path != profile.health.path:
+        return f"{profile.health.path} -> {response.url.path}"
+    return profile.health.path
+
+
+def test_api_is_reachable(health: httpx.Response, profile: Profile, evidence: Evidence) -> None:
+    evidence.request(health)
+    where = _where(health, profile)
     # 502/504 come from a gateway in front of the API: the app itself did not answer.
-    assert response.status_code not in (502, 504), (
-        f"GET /health answered {response.status_code} from the gateway: the API behind it is "
+    assert health.status_code not in (502, 504), (
+        f"GET {where} answered {health.status_code} from the gateway: the API behind it is "
         "down or not answering"
     )
-
-
-def test_health_reports_ok_and_database_ok(health: httpx.Response, evidence: Evidence) -> None:
-    evidence.request(health)
-    body = expect_json(health)
-    status = body.get("status") if isinstance(body, dict) else None
-    database = body.get("database") if isinstance(body, dict) else None
-    evidence.record(status=status, database=database, http_status=health.status_code)
-    assert health.status_code == 200 and status == "ok" and database == "ok", (
-        f"/health answered {health.status_code} with status={status!r}, database={database!r} "
-        "(expected 200, 'ok', 'ok')"
-        + (": the API cannot reach its database" if database not in (None, "ok") else "")
+    assert health.status_code not in (404, 405) and not health.is_redirect, (
+        f"GET {where} answered {health.status_code}"
+        + (f" to {health.headers.get('location')}" if health.is_redirect else "")
+        + ": the health endpoint is not where the profile says; check [platform.health] path "
+        "and follow_redirects"
     )
+
+
+def test_health_reports_healthy(health: httpx.Response, profile: Profile,
+                                evidence: Evidence) -> None:
+    shape = profile.health
+    body = expect_json(health)
+    status = dig(body, shape.status_field)
+    database = dig(body, shape.database_field) if shape.database_field else None
+    evidence.record(status=status, database=database, http_status=health.status_code,
+                    path=_where(health, profile))
+    verdict = shape.verdict(status)
+    database_ok = not shape.database_field or database in shape.database_ok
+    expected = f"200, {shape.status_field} one of {list(shape.passing)}" + (
+        f", {shape.database_field} one of {list(shape.database_ok)}" if shape.database_field else "")
+    assert health.status_code == 200 and verdict != "fail" and database_ok, (
+        f"GET {_where(health, profile)} answered {health.status_code} with "
+        f"{shape.status_field}={status!r}"
+        + (f", {shape.database_field}={database!r}" if shape.database_field else "")
+        + f" (expected {expected})"
+        + (": the API cannot reach its database" if not database_ok and database is not None
+           else "")
+    )
+    if verdict == "warn":
+        evidence.warn(f"{_where(health, profile)} reports {shape.status_field}={status!r}: "
+                      "up, but a dependency is slow or failing")
 
 
 def test_deployed_version_is_expected(health: httpx.Response, suite: SuiteConfig,
-                                      evidence: Evidence) -> None:
+                                      profile: Profile, evidence: Evidence) -> None:
     expected = suite.expected_version
     if not expected:
         inconclusive("expected version unknown: pass --expected-version, or a run context "
                      "with expected_version")
-    body = expect_json(health)
-    version = str(body.get("version")) if isinstance(body, dict) else None
-    evidence.record(expected=expected, reported=version)
-    assert version is not None and (version == expected or (
-        len(expected) >= 7 and version.startswith(expected))), (
-        f"/health reports version {version!r}, expected {expected!r}: the rollback's deploy is "
-        "not live (still deploying, or the old build is serving)"
+    if profile.version.source == "none":
+        inconclusive(f"profile {profile.name} names no source of the deployed version "
+                     "([platform.version] source = \"none\"): the deploy cannot be confirmed here")
+    try:
+        version = deployed_version(profile, suite.settings.target.api_base_url,
+                                   expect_json(health) if profile.version.source == "health_field"
+                                   else None, health.headers)
+    except VersionUnknown as exc:
+        pytest.fail(f"the deployed version cannot be read from {profile.version.describe()}: {exc}",
+                    pytrace=False)
+    evidence.record(expected=expected, reported=version, source=profile.version.describe())
+    assert version is not None and version_matches(version, expected), (
+        f"{profile.version.describe()} reports version {version!r}, expected {expected!r}: the "
+        "rollback's deploy is not live (still deploying, or the old build is serving)"
     )

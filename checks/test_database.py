@@ -14,24 +14,27 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from checks.database import connect_read_only, has_column
+from checks.database import connect_read_only, has_column, require_rows
 from checks.evidence import Evidence
 from checks.expect import expect_no_rows, inconclusive
 from checks.phases import ALL_PHASES
 from rollback.config import Settings
 from rollback.errors import ConfigError
+from rollback.profile import Profile
 
 pytestmark = ALL_PHASES
 
-CRITICAL_TABLES = ("tenants", "branches", "leads", "appointments", "api_keys", "api_key_usage_logs")
+CRITICAL_TABLES = ("tenants", "branches", "leads", "appointments", "api_keys", "usage_logs")
 
-#: child table -> (column, parent table): references whose parent row must exist
+#: child table -> (column, parent table), by their [platform.tables] roles: references whose
+#: parent row must exist
 ORPHANS = {
     "api_keys": [("tenant_id", "tenants")],
     "branches": [("tenant_id", "tenants")],
     "leads": [("tenant_id", "tenants"), ("branch_id", "branches")],
     "appointments": [("tenant_id", "tenants"), ("branch_id", "branches"), ("lead_id", "leads")],
 }
+
 
 
 def test_database_connects_within_limit(target: Settings, evidence: Evidence) -> None:
@@ -55,8 +58,10 @@ def test_database_connects_within_limit(target: Settings, evidence: Evidence) ->
     )
 
 
-@pytest.mark.parametrize("table", CRITICAL_TABLES)
-def test_critical_table_is_readable(db: psycopg.Connection, table: str, evidence: Evidence) -> None:
+@pytest.mark.parametrize("role", CRITICAL_TABLES)
+def test_critical_table_is_readable(db: psycopg.Connection, role: str, profile: Profile,
+                                    evidence: Evidence) -> None:
+    table = getattr(profile.tables, role)
     try:
         db.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(sql.Identifier(table))).fetchall()
     except psycopg.Error as exc:
@@ -65,10 +70,14 @@ def test_critical_table_is_readable(db: psycopg.Connection, table: str, evidence
     evidence.record(table=table)
 
 
-@pytest.mark.parametrize("table", list(ORPHANS))
-def test_no_orphaned_rows(db: psycopg.Connection, table: str, evidence: Evidence) -> None:
+@pytest.mark.parametrize("role", list(ORPHANS))
+def test_no_orphaned_rows(db: psycopg.Connection, role: str, profile: Profile,
+                          evidence: Evidence) -> None:
+    table = getattr(profile.tables, role)
+    require_rows(db, table, "finding no orphans")
     found: list[tuple[object, ...]] = []
-    for column, parent in ORPHANS[table]:
+    for column, parent_role in ORPHANS[role]:
+        parent = getattr(profile.tables, parent_role)
         query = sql.SQL(
             "SELECT c.id, {col_name}, c.{col} FROM {child} c "
             "WHERE c.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.id = c.{col}) "
@@ -82,58 +91,70 @@ def test_no_orphaned_rows(db: psycopg.Connection, table: str, evidence: Evidence
                    "(a partial restore or a dropped foreign key?)")
 
 
-@pytest.mark.parametrize("table", ["leads", "appointments"])
-def test_no_row_points_at_another_tenants_branch(db: psycopg.Connection, table: str,
-                                                 evidence: Evidence) -> None:
+@pytest.mark.parametrize("role", ["leads", "appointments"])
+def test_no_row_points_at_another_tenants_branch(db: psycopg.Connection, role: str,
+                                                 profile: Profile, evidence: Evidence) -> None:
+    table = getattr(profile.tables, role)
+    require_rows(db, table, "finding no cross-tenant branch")
     rows = db.execute(sql.SQL(
         "SELECT c.id, c.tenant_id, c.branch_id, b.tenant_id FROM {} c "
-        "JOIN branches b ON b.id = c.branch_id WHERE b.tenant_id <> c.tenant_id LIMIT 50"
-    ).format(sql.Identifier(table))).fetchall()
+        "JOIN {} b ON b.id = c.branch_id WHERE b.tenant_id <> c.tenant_id LIMIT 50"
+    ).format(sql.Identifier(table), sql.Identifier(profile.tables.branches))).fetchall()
     evidence.record(violations=len(rows))
     expect_no_rows(rows, f"{table} rows point at a branch of another tenant (id, tenant, branch, "
                    "branch's tenant)", "branch filters and branch keys would show them to the "
                    "wrong tenant")
 
 
-def test_api_key_scope_columns_are_consistent(db: psycopg.Connection, evidence: Evidence) -> None:
-    if not has_column(db, "api_keys", "scope_type"):
-        inconclusive("api_keys has no scope_type column: FASE 2 was never applied here, so "
+def test_api_key_scope_columns_are_consistent(db: psycopg.Connection, profile: Profile,
+                                              evidence: Evidence) -> None:
+    keys = profile.tables.api_keys
+    if not has_column(db, keys, "scope_type"):
+        inconclusive(f"{keys} has no scope_type column: FASE 2 was never applied here, so "
                      "there are no scope columns to check")
-    rows = db.execute(
+    require_rows(db, keys, "finding no inconsistent scope")
+    query = sql.SQL(
         "SELECT k.id, k.scope_type, k.branch_id, "
         "  CASE WHEN k.scope_type NOT IN ('tenant', 'branch') THEN 'unknown scope_type' "
         "       WHEN k.scope_type = 'tenant' AND k.branch_id IS NOT NULL THEN 'tenant key with a branch' "
         "       WHEN k.scope_type = 'branch' AND k.branch_id IS NULL THEN 'branch key without a branch' "
         "       WHEN b.id IS NULL THEN 'branch does not exist' "
         "       ELSE 'branch of another tenant' END "
-        "FROM api_keys k LEFT JOIN branches b ON b.id = k.branch_id "
+        "FROM {keys} k LEFT JOIN {branches} b ON b.id = k.branch_id "
         "WHERE k.scope_type IS NULL OR k.scope_type NOT IN ('tenant', 'branch') "
         "   OR (k.scope_type = 'tenant' AND k.branch_id IS NOT NULL) "
         "   OR (k.scope_type = 'branch' AND k.branch_id IS NULL) "
         "   OR (k.branch_id IS NOT NULL AND (b.id IS NULL OR b.tenant_id <> k.tenant_id)) "
         "LIMIT 50"
-    ).fetchall()
+    ).format(keys=sql.Identifier(keys), branches=sql.Identifier(profile.tables.branches))
+    rows = db.execute(query).fetchall()
     evidence.record(violations=len(rows))
     expect_no_rows(rows, "api_keys have inconsistent scope columns (id, scope_type, branch_id, "
                    "problem)", "such a key may read more or less than its scope says")
 
 
-def test_no_duplicate_key_hash(db: psycopg.Connection, evidence: Evidence) -> None:
-    rows = db.execute(
-        "SELECT count(*), array_agg(id ORDER BY id) FROM api_keys GROUP BY key_hash "
+def test_no_duplicate_key_hash(db: psycopg.Connection, profile: Profile,
+                               evidence: Evidence) -> None:
+    keys = profile.tables.api_keys
+    require_rows(db, keys, "finding no duplicated key_hash")
+    rows = db.execute(sql.SQL(
+        "SELECT count(*), array_agg(id ORDER BY id) FROM {} GROUP BY key_hash "
         "HAVING count(*) > 1 LIMIT 50"
-    ).fetchall()
+    ).format(sql.Identifier(keys))).fetchall()
     evidence.record(duplicated_hashes=len(rows))
     expect_no_rows(rows, "key_hash values are shared by several keys (count, key ids)",
                    "one raw key authenticates as whichever row the lookup finds first: a "
                    "restore probably inserted rows that were still there")
 
 
-def test_no_active_key_is_revoked(db: psycopg.Connection, evidence: Evidence) -> None:
-    rows = db.execute(
-        "SELECT id, tenant_id, revoked_at FROM api_keys "
+def test_no_active_key_is_revoked(db: psycopg.Connection, profile: Profile,
+                                  evidence: Evidence) -> None:
+    keys = profile.tables.api_keys
+    require_rows(db, keys, "finding no revoked key active")
+    rows = db.execute(sql.SQL(
+        "SELECT id, tenant_id, revoked_at FROM {} "
         "WHERE is_active AND revoked_at IS NOT NULL LIMIT 50"
-    ).fetchall()
+    ).format(sql.Identifier(keys))).fetchall()
     evidence.record(violations=len(rows))
     expect_no_rows(rows, "keys are active but have revoked_at set (id, tenant, revoked_at)",
                    "a key its owner revoked may work again: a rollback or restore re-activated it")

@@ -20,4 +20,4 @@ def test_synthetic_error_rate_is_below_limit(endpoint_samples: dict[str, Sample]
     outcomes = [o for s in endpoint_samples.values() for o in s.outcomes]
     for path, s in endpoint_samples.items():
         evidence.record(**{f"{path} failed": f"{len(s.failures)} of {s.size}"})
-    expect_error_rate(outcomes, thresholds.error_rate, "requests across /v1 endpoints", evidence)
+    expect_error_rate(outcomes, thresholds.error_rate, "requests across the list endpoints", evidence)

@@ -12,12 +12,11 @@ import pytest
 
 from checks.database import KeyTenant
 from checks.evidence import Evidence
-from checks.expect import expect_list_shape, expect_own_tenant, inconclusive
-from checks.probe import ENDPOINTS, RESOURCES, cache_buster, get
+from checks.expect import expect_list_shape, expect_own_tenant, inconclusive, saw_nothing
+from checks.probe import cache_buster, get
+from rollback.profile import Profile
 
 pytestmark = pytest.mark.fase1
-
-FASE1_HEADERS = ("X-Filtered-Branch-ID", "X-Branch-Filter-Warning")
 
 
 def _legacy_params(kind: str, key_tenant: KeyTenant, foreign_branch_id: str) -> dict[str, str]:
@@ -33,40 +32,46 @@ def _legacy_params(kind: str, key_tenant: KeyTenant, foreign_branch_id: str) -> 
 @pytest.mark.parametrize("kind", ["own-branch", "foreign-branch", "garbage-branch", "status",
                                   "search"])
 def test_legacy_params_get_200_and_own_data(api: httpx.Client, kind: str, key_tenant: KeyTenant,
-                                            foreign_branch_id: str, evidence: Evidence) -> None:
+                                            foreign_branch_id: str, profile: Profile,
+                                            evidence: Evidence) -> None:
     params = _legacy_params(kind, key_tenant, foreign_branch_id)
-    response = get(api, "/v1/leads", params={**params, **cache_buster()}, evidence=evidence)
-    records = expect_list_shape(response, "leads")
+    path = profile.leads_path
+    response = get(api, path, params={**params, **cache_buster()}, evidence=evidence)
+    records = expect_list_shape(response, profile.resource_at(path))
     evidence.record(records=len(records), params=params)
-    expect_own_tenant(records, key_tenant.tenant_id, f"GET /v1/leads with {params}")
+    expect_own_tenant(records, key_tenant.tenant_id, f"GET {path} with {params}")
 
 
-@pytest.mark.parametrize("path", ENDPOINTS, ids=RESOURCES.values())
-def test_no_fase1_headers(api: httpx.Client, path: str, key_tenant: KeyTenant,
-                          evidence: Evidence) -> None:
+def test_no_fase1_headers(api: httpx.Client, endpoint: str, key_tenant: KeyTenant,
+                          profile: Profile, evidence: Evidence) -> None:
     branch = key_tenant.branch_ids[0] if key_tenant.branch_ids else None
     found = []
     for params in ({}, {"branch_id": branch} if branch else {}):
-        response = get(api, path, params={**params, **cache_buster()}, evidence=evidence)
+        response = get(api, endpoint, params={**params, **cache_buster()}, evidence=evidence)
         found += [f"{name}: {response.headers[name]} (params {params})"
-                  for name in FASE1_HEADERS if name in response.headers]
-    assert not found, (f"FASE 1 is still live on {path}: {'; '.join(found)}; the rollback's "
+                  for name in profile.fase1.headers if name in response.headers]
+    assert not found, (f"FASE 1 is still live on {endpoint}: {'; '.join(found)}; the rollback's "
                        "deploy did not take, or the revert missed FASE 1's code")
 
 
-@pytest.mark.parametrize("path", ["/v1/leads", "/v1/appointments"], ids=["leads", "appointments"])
-def test_branch_filter_is_not_applied(api: httpx.Client, path: str, key_tenant: KeyTenant,
+def test_branch_filter_is_not_applied(api: httpx.Client, branch_endpoint: str,
+                                      key_tenant: KeyTenant, profile: Profile,
                                       evidence: Evidence) -> None:
+    path = branch_endpoint
     if len(key_tenant.branch_ids) < 2:
         inconclusive(f"the test key's tenant has {len(key_tenant.branch_ids)} branch(es): a "
                      "filter can only be seen with several")
+    resource = profile.resource_at(path)
     plain = get(api, path, params=cache_buster(), evidence=evidence)
-    expect_list_shape(plain, RESOURCES[path])
+    expect_list_shape(plain, resource)
     branch = key_tenant.branch_ids[0]
     filtered = get(api, path, params={"branch_id": branch, **cache_buster()}, evidence=evidence)
-    expect_list_shape(filtered, RESOURCES[path])
+    expect_list_shape(filtered, resource)
     without, with_branch = plain.json()["total"], filtered.json()["total"]
     evidence.record(total_without=without, total_with_branch_id=with_branch, branch_id=branch)
+    if without == 0:
+        saw_nothing(f"GET {path} lists nothing for the test key: a filter cannot be seen on "
+                    "an empty list")
     assert with_branch == without, (
         f"GET {path}?branch_id={branch} gives total {with_branch}, without it {without}: the "
         "FASE 1 branch filter is still applied"

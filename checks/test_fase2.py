@@ -1,9 +1,11 @@
 """After a FASE 2 rollback: no branch-scoped key remains, and no key was lost or changed beyond
 its scope. The run context (`fase2_backup`) names the backup the driver took before converting.
 
-Compared with the backup, a converted key may differ only in its scope columns (`scope_type`,
-`branch_id`, `branch_context`), `updated_at`, and the usage counters the API itself bumps on
-every request (`last_used_at`, `last_used_endpoint`, `usage_count_today`).
+Compared with the backup, a converted key may differ only in its scope columns
+([platform.fase2] scope_columns: `scope_type`, `branch_id`, `branch_context`) and the columns
+the platform itself changes ([platform] managed_columns: `updated_at` and the usage counters
+the API bumps on every request; on Supabase also `usage_count`, `last_used_ip` and the
+`usage_reset_date` its daily-reset trigger rewrites).
 
 PYTEST_DONT_REWRITE: assertion messages here are written for the person on call;
 pytest's operand diff would only bury them.
@@ -19,18 +21,15 @@ import pytest
 from psycopg import sql
 
 from checks._plugin.options import SuiteConfig
-from checks.database import find_key, has_column
+from checks.database import find_key, has_column, require_rows
 from checks.evidence import Evidence
 from checks.expect import expect_list_shape, expect_no_rows, expect_own_tenant, inconclusive
 from checks.probe import cache_buster, get
 from checks.run_context import Fase2Backup, RunContext
 from rollback.config import Settings
+from rollback.profile import Profile
 
 pytestmark = pytest.mark.fase2
-
-MAY_CHANGE = frozenset({"scope_type", "branch_id", "branch_context", "updated_at",
-                        "last_used_at", "last_used_endpoint", "usage_count_today"})
-
 
 @pytest.fixture(scope="module")
 def backup(run_context: RunContext) -> Fase2Backup:
@@ -48,30 +47,36 @@ def _backup_table(backup: Fase2Backup) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(backup.schema), sql.Identifier(backup.table))
 
 
-def _compared_columns(db: psycopg.Connection, backup: Fase2Backup) -> list[str]:
+def _compared_columns(db: psycopg.Connection, backup: Fase2Backup, profile: Profile) -> list[str]:
     rows = db.execute(
         "SELECT b.column_name FROM information_schema.columns b "
         "JOIN information_schema.columns k ON k.column_name = b.column_name "
-        " AND k.table_name = 'api_keys' AND k.table_schema = current_schema() "
+        " AND k.table_name = %s AND k.table_schema = current_schema() "
         "WHERE b.table_schema = %s AND b.table_name = %s ORDER BY b.ordinal_position",
-        (backup.schema, backup.table)).fetchall()
-    return [r[0] for r in rows if r[0] not in MAY_CHANGE]
+        (profile.tables.api_keys, backup.schema, backup.table)).fetchall()
+    return [r[0] for r in rows if r[0] not in profile.compared_exempt]
+
+
+def _keys(profile: Profile) -> sql.Identifier:
+    return sql.Identifier(profile.tables.api_keys)
 
 
 def test_no_branch_scoped_keys_remain(db: psycopg.Connection, suite: SuiteConfig,
-                                      evidence: Evidence) -> None:
+                                      profile: Profile, evidence: Evidence) -> None:
     context = suite.run_context
     backup = context.fase2_backup if context else None
-    if not has_column(db, "api_keys", "scope_type"):
+    if not has_column(db, profile.tables.api_keys, "scope_type"):
         assert not (backup and backup.row_count), (
             f"the run backed up {backup.row_count if backup else 0} branch keys, but api_keys "
             "here has no scope_type column: DATABASE_URL is not the database the rollback changed"
         )
         inconclusive("api_keys has no scope_type column: FASE 2 was never applied to this "
                      "database, so no key can be branch-scoped")
-    rows = db.execute(
-        "SELECT id, tenant_id, branch_id FROM api_keys "
-        "WHERE scope_type = 'branch' OR branch_id IS NOT NULL ORDER BY id LIMIT 50").fetchall()
+    require_rows(db, profile.tables.api_keys, "finding no branch-scoped key")
+    rows = db.execute(sql.SQL(
+        "SELECT id, tenant_id, branch_id FROM {} "
+        "WHERE scope_type = 'branch' OR branch_id IS NOT NULL ORDER BY id LIMIT 50"
+    ).format(_keys(profile))).fetchall()
     evidence.record(branch_scoped=len(rows))
     expect_no_rows(rows, "keys are still branch-scoped (id, tenant, branch)",
                    "the FASE 2 rollback did not convert them, so they still see one branch only; "
@@ -103,11 +108,11 @@ def test_backup_holds_every_converted_key(db: psycopg.Connection, backup: Fase2B
 
 
 def test_converted_keys_still_exist(db: psycopg.Connection, backup: Fase2Backup,
-                                    evidence: Evidence) -> None:
+                                    profile: Profile, evidence: Evidence) -> None:
     rows = db.execute(sql.SQL(
         "SELECT b.id, b.tenant_id, b.name FROM {} b WHERE NOT EXISTS "
-        "(SELECT 1 FROM api_keys k WHERE k.id = b.id) ORDER BY b.id LIMIT 50"
-    ).format(_backup_table(backup))).fetchall()
+        "(SELECT 1 FROM {} k WHERE k.id = b.id) ORDER BY b.id LIMIT 50"
+    ).format(_backup_table(backup), _keys(profile))).fetchall()
     evidence.record(missing=len(rows), backed_up=backup.row_count)
     expect_no_rows(rows, f"keys of the backup ({backup.schema}.{backup.table}) no longer exist "
                    "(id, tenant, name)", "their integrations are locked out; restore them from "
@@ -115,16 +120,16 @@ def test_converted_keys_still_exist(db: psycopg.Connection, backup: Fase2Backup,
 
 
 def test_converted_keys_are_unchanged_but_for_scope(db: psycopg.Connection, backup: Fase2Backup,
-                                                    evidence: Evidence) -> None:
-    columns = _compared_columns(db, backup)
+                                                    profile: Profile, evidence: Evidence) -> None:
+    columns = _compared_columns(db, backup, profile)
     assert columns, f"backup table {backup.schema}.{backup.table} shares no columns with api_keys"
     ident = [sql.Identifier(c) for c in columns]
     pairs = sql.SQL(", ").join(
         sql.SQL("b.{c} IS DISTINCT FROM k.{c}").format(c=c) for c in ident)
     rows = db.execute(sql.SQL(
-        "SELECT b.id, ARRAY[{pairs}] FROM {table} b JOIN api_keys k ON k.id = b.id "
+        "SELECT b.id, ARRAY[{pairs}] FROM {table} b JOIN {keys} k ON k.id = b.id "
         "WHERE ({b_cols}) IS DISTINCT FROM ({k_cols}) ORDER BY b.id LIMIT 50"
-    ).format(pairs=pairs, table=_backup_table(backup),
+    ).format(pairs=pairs, table=_backup_table(backup), keys=_keys(profile),
              b_cols=sql.SQL(", ").join(sql.SQL("b.{}").format(c) for c in ident),
              k_cols=sql.SQL(", ").join(sql.SQL("k.{}").format(c) for c in ident))).fetchall()
     changed = [(key_id, ", ".join(c for c, diff in zip(columns, flags, strict=True) if diff))
@@ -136,12 +141,12 @@ def test_converted_keys_are_unchanged_but_for_scope(db: psycopg.Connection, back
 
 
 def test_converted_keys_are_still_active(db: psycopg.Connection, backup: Fase2Backup,
-                                         evidence: Evidence) -> None:
+                                         profile: Profile, evidence: Evidence) -> None:
     rows = db.execute(sql.SQL(
         "SELECT k.id, k.tenant_id, k.is_active, k.revoked_at FROM {} b "
-        "JOIN api_keys k ON k.id = b.id "
+        "JOIN {} k ON k.id = b.id "
         "WHERE b.is_active AND b.revoked_at IS NULL AND (NOT k.is_active OR k.revoked_at IS NOT NULL) "
-        "ORDER BY k.id LIMIT 50").format(_backup_table(backup))).fetchall()
+        "ORDER BY k.id LIMIT 50").format(_backup_table(backup), _keys(profile))).fetchall()
     evidence.record(deactivated=len(rows))
     expect_no_rows(rows, "keys active before the rollback are now inactive or revoked (id, "
                    "tenant, is_active, revoked_at)", "their integrations are locked out; "
@@ -149,26 +154,39 @@ def test_converted_keys_are_still_active(db: psycopg.Connection, backup: Fase2Ba
 
 
 def test_former_branch_key_reads_every_branch(branch_api: httpx.Client, target: Settings,
-                                              _db_session: psycopg.Connection,
+                                              profile: Profile, _db_session: psycopg.Connection,
                                               evidence: Evidence) -> None:
     secret = target.secrets.test_branch_api_key
     assert secret is not None
     key = find_key(_db_session, secret.get_secret_value(), "TEST_BRANCH_API_KEY")
-    response = get(branch_api, "/v1/branches", params={"pageSize": 100, **cache_buster()},
-                   evidence=evidence)
-    records = expect_list_shape(response, "branches")
-    expect_own_tenant(records, key.tenant_id, "GET /v1/branches with TEST_BRANCH_API_KEY")
+    path = profile.leads_path
+    resource = profile.resource_at(path)
+    response = get(branch_api, path, params={"pageSize": 100, **cache_buster()}, evidence=evidence)
+    records = expect_list_shape(response, resource)
+    expect_own_tenant(records, key.tenant_id, f"GET {path} with TEST_BRANCH_API_KEY")
     total = int(response.json()["total"])
-    evidence.record(api_total=total, db_branches=len(key.branch_ids), tenant_id=key.tenant_id)
-    assert total == len(key.branch_ids), (
-        f"the former branch key reads {total} of its tenant's {len(key.branch_ids)} branches: "
-        "it is still branch-scoped for the API (a stale cache, or FASE 2 code still deployed)"
+    extra = sql.SQL(f" AND ({resource.count_where})") if resource.count_where else sql.SQL("")
+    row = _db_session.execute(sql.SQL("SELECT count(*), count(DISTINCT branch_id) FROM {} "
+                                      "WHERE tenant_id = %s{}").format(
+        sql.Identifier(resource.table), extra), (key.tenant_id,)).fetchone()
+    _db_session.rollback()
+    in_db, branches = (int(row[0]), int(row[1])) if row else (0, 0)
+    evidence.record(api_total=total, db_total=in_db, branches_with_records=branches,
+                    tenant_id=key.tenant_id)
+    if branches < 2:
+        inconclusive(f"the former branch key's tenant has {resource.table} in {branches} "
+                     "branch(es): a branch scope can only be seen with several")
+    assert total == in_db, (
+        f"the former branch key reads {total} of its tenant's {in_db} {resource.table} (over "
+        f"{branches} branches): it is still branch-scoped for the API (a stale cache, or FASE 2 "
+        "code still deployed)"
     )
 
 
 def test_key_counts_are_unchanged(db: psycopg.Connection, backup: Fase2Backup,
-                                  evidence: Evidence) -> None:
-    row = db.execute("SELECT count(*), count(*) FILTER (WHERE is_active) FROM api_keys").fetchone()
+                                  profile: Profile, evidence: Evidence) -> None:
+    row = db.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE is_active) FROM {}")
+                     .format(_keys(profile))).fetchone()
     total, active = (int(row[0]), int(row[1])) if row else (0, 0)
     before = backup.key_counts_before
     evidence.record(total_before=before.total, total_after=total, active_before=before.active,

@@ -7,31 +7,24 @@ pytest's operand diff would only bury them.
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
 from checks._plugin.options import SuiteConfig
+from checks.database import KeyTenant
 from checks.evidence import Evidence
-from checks.expect import inconclusive
-from checks.probe import ENDPOINTS, RESOURCES, Sample, get
+from checks.expect import expect_status, expect_total, inconclusive
+from checks.probe import Sample, cache_buster, get
+from rollback.errors import StepFailed
+from rollback.fase3 import objects_in_repo
+from rollback.profile import Profile, Resource
 
 pytestmark = pytest.mark.fase3
-
-#: what FASE 3's migration created (the platform contract); a run context may name others
-FASE3_INDEXES = (
-    "idx_leads_branch_active_statuses", "idx_leads_branch_search",
-    "idx_appointments_branch_scheduled", "idx_appointments_branch_scheduled_desc",
-    "idx_staff_branches_branch_id", "idx_staff_branches_staff_id",
-    "idx_leads_tenant_branch_created", "idx_appointments_tenant_branch_scheduled",
-    "idx_leads_branch_covering", "idx_appointments_branch_covering",
-    "idx_api_keys_hash_active", "idx_api_keys_branch_scope",
-)
-FASE3_OBJECTS = (
-    *FASE3_INDEXES, "vw_fase3_index_usage", "validate_fase3_indexes()",
-    "get_low_stock_items(uuid, uuid)", "get_branch_stats_summary(uuid, uuid)",
-    "refresh_branch_performance_metrics()", "mv_branch_performance_metrics", "vw_cache_freshness",
-)
 
 # Relations (indexes, views, materialized views) and functions, by bare name; invalid indexes
 # (a failed CREATE INDEX CONCURRENTLY) count as present but broken.
@@ -52,21 +45,113 @@ def bare_name(name: str) -> str:
     return name.split("(", 1)[0].strip().rsplit(".", 1)[-1].strip('"')
 
 
-@pytest.mark.parametrize("path", ENDPOINTS, ids=RESOURCES.values())
-def test_no_cache_header(api: httpx.Client, path: str, evidence: Evidence) -> None:
+@pytest.mark.cache_signal("header")
+def test_no_cache_header(api: httpx.Client, endpoint: str, profile: Profile,
+                         evidence: Evidence) -> None:
+    name = profile.fase3.cache_header
     # Twice: a cache answers the second identical request from memory (HIT).
-    headers = [get(api, path, evidence=evidence).headers.get("X-Cache") for _ in range(2)]
-    evidence.record(x_cache=headers)
+    headers = [get(api, endpoint, evidence=evidence).headers.get(name) for _ in range(2)]
+    evidence.record(**{name: headers})
     assert headers == [None, None], (
-        f"GET {path} still answers with X-Cache {headers}: FASE 3's response cache is live, so "
-        "clients may read data up to 5 minutes old; the rollback's deploy did not take"
+        f"GET {endpoint} still answers with {name} {headers}: FASE 3's response cache is live, "
+        f"so clients may read data up to {profile.fase3.cache_ttl_s:g} s old; the rollback's "
+        "deploy did not take"
     )
 
 
+def _totals(api: httpx.Client, db: psycopg.Connection, path: str, resource: Resource,
+            tenant_id: str, evidence: Evidence) -> tuple[int, int, int]:
+    """(the API's total as a cache would serve it, its live total, the database's count)."""
+    cached = expect_total(get(api, path, params={"pageSize": 1}, evidence=evidence))
+    live = expect_total(get(api, path, params={"pageSize": 1, **cache_buster()}, evidence=evidence))
+    extra = sql.SQL(f" AND ({resource.count_where})") if resource.count_where else sql.SQL("")
+    row = db.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s{}").format(
+        sql.Identifier(resource.table), extra), (tenant_id,)).fetchone()
+    db.rollback()  # a new snapshot for the next count
+    return cached, live, int(row[0]) if row else 0
+
+
+def _stale(path: str, cached: int, live: int, counted: int, profile: Profile) -> str:
+    return (f"GET {path} answers total {cached} while the same request made unique answers "
+            f"{live} and the database holds {counted}: a response cache is still serving "
+            f"answers up to {profile.fase3.cache_ttl_s:g} s old (FASE 3's cache sets no "
+            "header); the rollback's deploy did not take, or the revert missed the cache")
+
+
+@pytest.mark.cache_signal("staleness")
+def test_answers_are_not_staler_than_the_database(api: httpx.Client, db: psycopg.Connection,
+                                                  endpoint: str, profile: Profile,
+                                                  key_tenant: KeyTenant,
+                                                  evidence: Evidence) -> None:
+    """The real cache sets no header: it shows only when the data change. Watch the database
+    for a change of the test tenant's rows, then compare the API's repeated answer with it."""
+    resource = profile.resource_at(endpoint)
+    first = _totals(api, db, endpoint, resource, key_tenant.tenant_id, evidence)
+    evidence.record(first=dict(zip(("cached", "live", "database"), first, strict=True)))
+    deadline = time.monotonic() + profile.fase3.observe_s
+    latest, suspect = first, False
+    while time.monotonic() < deadline:
+        cached, live, counted = latest
+        if live == counted and cached != live:
+            if suspect:  # twice in a row: not a write that landed between two requests
+                pytest.fail(_stale(endpoint, cached, live, counted, profile), pytrace=False)
+            suspect = True
+            latest = _totals(api, db, endpoint, resource, key_tenant.tenant_id, evidence)
+            continue
+        suspect = False
+        if counted != first[2] and live == counted:
+            evidence.record(after_change=dict(zip(("cached", "live", "database"), latest,
+                                                  strict=True)))
+            return  # the data changed and the plain request saw it at once: no cache
+        time.sleep(0.25)
+        latest = _totals(api, db, endpoint, resource, key_tenant.tenant_id, evidence)
+    inconclusive(f"no {resource.table} of the test tenant changed in "
+                 f"{profile.fase3.observe_s:g} s, so a cache that sets no header cannot be seen; "
+                 "run with --allow-writes for the write probe")
+
+
+@pytest.mark.write
+def test_created_lead_is_listed_at_once(api: httpx.Client, profile: Profile,
+                                        evidence: Evidence) -> None:
+    """Write probe: a lead created now must be in the very next identical list request,
+    within the cache's TTL; a response cache would serve the old total."""
+    path = profile.leads_path
+    before = expect_total(get(api, path, params={"pageSize": 1}, evidence=evidence))
+    created = api.post(path, json={"phone": "+520000000001",
+                                   "name": f"rollback-cache-probe-{uuid.uuid4().hex[:8]}"})
+    evidence.request(created, "write probe")
+    expect_status(created, 201, "the write probe could not create a lead")
+    after = expect_total(get(api, path, params={"pageSize": 1}, evidence=evidence))
+    evidence.record(total_before=before, total_after=after)
+    assert after > before, (
+        f"GET {path} answers total {after} right after a lead was created (before: {before}): "
+        f"a response cache is still serving answers up to {profile.fase3.cache_ttl_s:g} s old; "
+        "the rollback's deploy did not take, or the revert missed FASE 3's cache"
+    )
+
+
+@pytest.fixture(scope="module")
+def fase3_objects(suite: SuiteConfig, profile: Profile) -> tuple[str, ...]:
+    """The objects to look for: the run's own list, else FASE 3's migrations in the repo."""
+    context = suite.run_context
+    if context and context.fase3_objects:
+        return tuple(context.fase3_objects)
+    repo = suite.settings.target.repo
+    if repo is None:
+        pytest.skip("[target] repo is not set: FASE 3's objects are read from its migrations "
+                    f"({', '.join(profile.fase3.migrations)}) in the platform's checkout; set "
+                    "repo in rollback.toml, or pass a run context")
+    try:
+        return objects_in_repo(profile, repo).labels
+    except StepFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 def test_database_objects_match_chosen_option(db: psycopg.Connection, suite: SuiteConfig,
+                                              fase3_objects: tuple[str, ...],
                                               evidence: Evidence) -> None:
     context = suite.run_context
-    names = list(context.fase3_objects) if context and context.fase3_objects else list(FASE3_OBJECTS)
+    names = list(fase3_objects)
     wanted = {bare_name(n): n for n in names}
     rows = db.execute(_FIND, {"names": list(wanted)}).fetchall()
     present = {name for name, _, _ in rows}
@@ -99,9 +184,9 @@ def test_database_objects_match_chosen_option(db: psycopg.Connection, suite: Sui
         evidence.record(consistent_with="option 1 (no run context names the option)")
 
 
-@pytest.mark.parametrize("path", ENDPOINTS, ids=RESOURCES.values())
-def test_p95_within_expected_slowdown(path: str, endpoint_samples: dict[str, Sample],
+def test_p95_within_expected_slowdown(endpoint: str, endpoint_samples: dict[str, Sample],
                                       suite: SuiteConfig, evidence: Evidence) -> None:
+    path = endpoint
     context = suite.run_context
     baseline = context.baseline.p95_ms.get(path) if context and context.baseline else None
     if not baseline:

@@ -17,34 +17,36 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from checks.evidence import Evidence
 from checks.expect import inconclusive
 from checks.phases import ALL_PHASES
 from rollback.config import Thresholds
+from rollback.profile import Profile
 
 pytestmark = ALL_PHASES
 TOOLKIT_AGENTS = "rollback-toolkit-%"
 
 
 @pytest.fixture
-def traffic(db: psycopg.Connection, thresholds: Thresholds) -> tuple[int, int, float | None, str]:
+def traffic(db: psycopg.Connection, thresholds: Thresholds,
+            profile: Profile) -> tuple[int, int, float | None, str]:
     """(requests, server errors, p95 ms, window text) of real traffic in the window."""
     window = timedelta(minutes=thresholds.traffic_window_min)
-    row = db.execute(
+    row = db.execute(sql.SQL(
         "SELECT count(*), count(*) FILTER (WHERE status_code >= 500), "
         "       percentile_cont(0.95) WITHIN GROUP (ORDER BY response_time_ms) "
-        "FROM api_key_usage_logs "
+        "FROM {} "
         # the toolkit's own requests (validation, monitor, a run's baseline) are not traffic
-        "WHERE created_at >= now() - %s AND coalesce(user_agent, '') NOT LIKE %s",
-        (window, TOOLKIT_AGENTS),
-    ).fetchone()
+        "WHERE created_at >= now() - %s AND coalesce(user_agent, '') NOT LIKE %s"
+    ).format(sql.Identifier(profile.tables.usage_logs)), (window, TOOLKIT_AGENTS)).fetchone()
     total, errors, p95 = (int(row[0]), int(row[1]), row[2]) if row else (0, 0, None)
     text = f"the last {thresholds.traffic_window_min:g} min"
     if total < thresholds.sample_size:
         if total == 0:
-            inconclusive(f"inconclusive: no traffic in {text} (api_key_usage_logs, not counting "
-                         "the toolkit's own requests)")
+            inconclusive(f"inconclusive: no traffic in {text} ({profile.tables.usage_logs}, not "
+                         "counting the toolkit's own requests)")
         inconclusive(f"inconclusive: only {total} requests in {text}; at least "
                      f"{thresholds.sample_size} (sample_size) are needed to judge real traffic")
     return total, errors, None if p95 is None else float(p95), text

@@ -31,8 +31,10 @@ from pydantic import (
 )
 
 from rollback.errors import ConfigError
+from rollback.profile import Profile, build_profile
 
 CONFIG_ENV = "ROLLBACK_CONFIG"
+PROFILE_ENV = "ROLLBACK_PROFILE"
 DEFAULT_CONFIG_FILE = "rollback.toml"
 
 #: environment variable -> (section, field)
@@ -41,6 +43,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "TEST_API_KEY": ("secrets", "test_api_key"),
     "TEST_BRANCH_API_KEY": ("secrets", "test_branch_api_key"),
     "TEST_REVOKED_API_KEY": ("secrets", "test_revoked_api_key"),
+    "TEST_EXPIRED_API_KEY": ("secrets", "test_expired_api_key"),
     "DATABASE_URL": ("secrets", "database_url"),
     "ROLLBACK_NOTIFY_URLS": ("secrets", "notify_urls"),
 }
@@ -109,6 +112,7 @@ class Secrets(_Section):
     test_api_key: SecretStr | None = None
     test_branch_api_key: SecretStr | None = None
     test_revoked_api_key: SecretStr | None = None
+    test_expired_api_key: SecretStr | None = None
     database_url: SecretStr | None = None
     notify_urls: SecretStr | None = None
 
@@ -147,7 +151,8 @@ class Health(_Section):
     fire_after: int = Field(default=2, ge=1)
     resolve_after: int = Field(default=2, ge=1)
     remind_minutes: float = Field(default=15.0, gt=0)
-    endpoints: tuple[str, ...] = ("/v1/leads", "/v1/appointments", "/v1/branches")
+    #: paths to sample; empty means the platform profile's list endpoints
+    endpoints: tuple[str, ...] = ()
     samples_per_endpoint: int = Field(default=5, ge=1, le=100)
     concurrency: int = Field(default=5, ge=1, le=32)
     probe_timeout_s: float = Field(default=5.0, gt=0)
@@ -157,8 +162,6 @@ class Health(_Section):
     @field_validator("endpoints")
     @classmethod
     def _are_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("name at least one endpoint, such as \"/v1/leads\"")
         for path in value:
             if not path.startswith("/") or "?" in path:
                 raise ValueError(f"expected a path such as \"/v1/leads\", got {path!r}")
@@ -168,7 +171,7 @@ class Health(_Section):
         return (
             f"Health(every {self.interval_s:g} s, fire after {self.fire_after}, resolve after "
             f"{self.resolve_after}, remind every {self.remind_minutes:g} min, "
-            f"{self.samples_per_endpoint} x {len(self.endpoints)} requests)"
+            f"{self.samples_per_endpoint} requests per endpoint)"
         )
 
 
@@ -222,7 +225,13 @@ class Settings(_Section):
     run: RunSettings = RunSettings()
     gate: GateSettings = GateSettings()
     secrets: Secrets = Secrets()
+    platform: Profile = Field(default_factory=lambda: Profile.model_validate(build_profile({})))
     source: Path | None = None
+
+    @property
+    def health_endpoints(self) -> tuple[str, ...]:
+        """What the monitor samples: [health] endpoints, else the profile's list endpoints."""
+        return self.health.endpoints or self.platform.endpoints
 
     def require_database_url(self) -> str:
         if self.secrets.database_url is None:
@@ -305,6 +314,18 @@ def load_settings(
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
     data["source"] = path
+    section = data.get("platform", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [platform] must be a table such as profile = \"tistis\"")
+    section = dict(section)
+    if env.get(PROFILE_ENV):
+        section["profile"] = env[PROFILE_ENV]
+    try:
+        data["platform"] = build_profile(section, path.parent if path else None)
+    except ValueError as exc:
+        where = PROFILE_ENV if env.get(PROFILE_ENV) else f"{path}: [platform] profile" if path \
+            else "[platform] profile"
+        raise ConfigError(f"{where}: {exc}") from None
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

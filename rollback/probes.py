@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import httpx
 import psycopg
 
+from rollback.profile import HealthShape, Profile, VersionUnknown, deployed_version, dig
+
 __all__ = [
     "ApiHealth",
     "DatabaseProbe",
@@ -82,11 +84,17 @@ class ApiHealth:
         return self.reason or "unavailable"
 
 
-def probe_api_health(client: httpx.Client, path: str = "/health") -> ApiHealth:
-    """GET /health once. Unreachable, a timeout, a non-200 or a body without status ok: not available."""
+def probe_api_health(client: httpx.Client, shape: HealthShape | None = None, *,
+                     version_field: str = "version", version_header: str | None = None) -> ApiHealth:
+    """GET the health path once, as the profile's HealthShape describes it.
+
+    Unreachable, a timeout, a non-200, a status word that fails, or a database status that is
+    not ok: not available. A warning word (`degraded`) is available.
+    """
+    shape = shape or HealthShape()
     started = time.perf_counter()
     try:
-        response = client.get(path)
+        response = client.get(shape.path, follow_redirects=shape.follow_redirects)
     except httpx.TransportError as exc:
         return ApiHealth(False, (time.perf_counter() - started) * 1000, reason=_reason(exc))
     elapsed = (time.perf_counter() - started) * 1000
@@ -95,18 +103,44 @@ def probe_api_health(client: httpx.Client, path: str = "/health") -> ApiHealth:
     except ValueError:
         body = None
     if not isinstance(body, dict):
+        where = f" at {response.url.path}" if response.url.path != shape.path else ""
         return ApiHealth(False, elapsed, response.status_code,
-                         reason=f"HTTP {response.status_code} without a JSON health body")
-    status, database, version = (
-        (str(body[k]) if body.get(k) is not None else None) for k in ("status", "database", "version")
-    )
-    available = response.status_code == 200 and status in ("ok", "healthy", None)
+                         reason=f"HTTP {response.status_code}{where} without a JSON health body")
+
+    def text(value: object) -> str | None:
+        return None if value is None else str(value)
+
+    status = text(dig(body, shape.status_field))
+    database = text(dig(body, shape.database_field)) if shape.database_field else None
+    version = (response.headers.get(version_header) if version_header
+               else text(dig(body, version_field)))
+    database_ok = not shape.database_field or database in shape.database_ok
+    available = response.status_code == 200 and shape.verdict(status) != "fail" and database_ok
     reason = None
     if not available:
         reason = f"HTTP {response.status_code}, status {status or '?'}"
-        if database and database != "ok":
-            reason += f", database {database}"
+        if not database_ok:
+            reason += f", database {database or 'not reported'}"
     return ApiHealth(available, elapsed, response.status_code, status, database, version, reason)
+
+
+def probe_served(client: httpx.Client, profile: Profile, api_base_url: str) -> ApiHealth:
+    """Health as the profile describes it, with `version` read from the profile's version
+    source (a health field, a header, a command such as `vercel inspect`, or none)."""
+    source = profile.version
+    result = probe_api_health(client, profile.health, version_field=source.field,
+                              version_header=source.header if source.source == "header" else None)
+    if source.source in ("health_field", "header"):
+        return result
+    version = None
+    if source.source == "command" and result.available:
+        try:
+            version = deployed_version(profile, api_base_url)
+        except VersionUnknown as exc:
+            return ApiHealth(result.available, result.elapsed_ms, result.status_code, result.status,
+                             result.database, None, f"version unknown: {exc}")
+    return ApiHealth(result.available, result.elapsed_ms, result.status_code, result.status,
+                     result.database, version, result.reason)
 
 
 # --- latency and error rate --------------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_unreachable_api_fails_reachability(sandbox, tmp_path: Path) -> None:
 def test_database_error_in_health_fails_health_check(sandbox, tmp_path: Path) -> None:
     with sandbox.chaos(health="db_error"):
         result = validate(sandbox, tmp_path, "health_reports")
-    failed(result, "test_health_reports_ok_and_database_ok", "answered 503",
+    failed(result, "test_health_reports_healthy", "answered 503",
            "database='error'", "cannot reach its database")
 
 

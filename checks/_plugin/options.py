@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import checks
@@ -18,6 +19,7 @@ from checks._plugin.redact import Redactor
 from checks.run_context import RunContext, load_run_context
 from rollback.config import Settings, Thresholds, load_settings
 from rollback.errors import ConfigError
+from rollback.profile import Profile
 
 RUN_CONTEXT_ENV = "ROLLBACK_RUN_CONTEXT"
 CHECKS_DIR = Path(checks.__file__).resolve().parent
@@ -37,6 +39,11 @@ class SuiteConfig:
     @property
     def thresholds(self) -> Thresholds:
         return self.settings.thresholds
+
+    @property
+    def profile(self) -> Profile:
+        """What the platform looks like ([platform] profile): endpoints, codes, tables, phases."""
+        return self.settings.platform
 
     def __repr__(self) -> str:
         return (
@@ -124,6 +131,45 @@ def pytest_configure(config: pytest.Config) -> None:
         if runs_checks(config):
             raise pytest.UsageError(str(exc)) from None
         config.stash[SUITE_ERROR] = str(exc)
+        return
+    if runs_checks(config) and not config.getoption("collectonly"):
+        _refuse_a_blind_role(config.stash[SUITE])
+
+
+def _refuse_a_blind_role(suite: SuiteConfig) -> None:
+    """A role that row level security blinds would pass every database check on zero rows:
+    refuse it before any check runs (pytest's usage error; `rollback validate` exits 2).
+    An unreachable database is left to the checks, which report it."""
+    from checks.database import connect_read_only
+    from rollback.rls import require_sight
+
+    if suite.settings.secrets.database_url is None:
+        return
+    try:
+        conn = connect_read_only(suite.settings)
+    except psycopg.Error:
+        return
+    with conn:
+        try:
+            require_sight(conn, suite.profile.tables.all(), suite.profile.service_role)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        except psycopg.Error:
+            return
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`endpoint` runs a check once per list endpoint of the profile; `branch_endpoint` once per
+    endpoint the API filters by branch. Ids are the resource names."""
+    suite = metafunc.config.stash.get(SUITE, None)
+    if suite is None:
+        return
+    profile = suite.profile
+    for name, resources in (("endpoint", profile.resources),
+                            ("branch_endpoint", [r for r in profile.resources if r.branch_filter])):
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, [profile.path_of(r) for r in resources],
+                                 ids=[r.name for r in resources])
 
 
 def suite_config(config: pytest.Config) -> SuiteConfig:
@@ -138,10 +184,19 @@ def is_check(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every check gets a timeout (thresholds.check_timeout_s) unless it declares its own."""
+    """Every check gets a timeout (thresholds.check_timeout_s) unless it declares its own; the
+    cache checks of the other cache signal are deselected."""
     if SUITE not in config.stash:
         return
-    timeout = config.stash[SUITE].thresholds.check_timeout_s
+    suite = config.stash[SUITE]
+    timeout = suite.thresholds.check_timeout_s
+    # A cache check written for another way of seeing the cache does not apply to this platform.
+    other_signal = [item for item in items if is_check(item)
+                    and (mark := item.get_closest_marker("cache_signal")) is not None
+                    and mark.args[0] != suite.profile.fase3.cache]
+    if other_signal:
+        config.hook.pytest_deselected(items=other_signal)
+        items[:] = [item for item in items if item not in other_signal]
     for item in items:
         if is_check(item) and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(timeout))
@@ -158,7 +213,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
                                      ("TEST_REVOKED_API_KEY", secrets.test_revoked_api_key))
             if value is not None]
     lines = [
-        f"target: {suite.settings.target.name} {suite.settings.target.api_base_url}",
+        f"target: {suite.settings.target.name} {suite.settings.target.api_base_url} "
+        f"(profile {suite.profile.name})",
         f"thresholds: {suite.thresholds!r}; gate {'on' if suite.gate else 'off'}",
         f"secrets set: {', '.join(have) or 'none'}",
     ]

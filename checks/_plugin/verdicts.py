@@ -9,7 +9,10 @@
     for what it did not check;
   * an *inconclusive* skip (`inconclusive(...)`): optional input absent or nothing to judge
     (no TEST_REVOKED_API_KEY, no baseline, no traffic in the window, a single-tenant database,
-    a `write` check without --allow-writes). The gate accepts it.
+    a `write` check without --allow-writes). The gate accepts it;
+  * *saw nothing* (`saw_nothing(...)`): the check inspected no rows or records where some must
+    exist (an empty api_keys, an endpoint that lists nothing for the test key). It is
+    inconclusive, never a pass, and the gate fails it.
 Every check's verdict is also a JUnit property `verdict` (pass|warn|fail|skip|inconclusive).
 """
 
@@ -29,6 +32,16 @@ VERDICT = pytest.StashKey[str]()
 
 class Inconclusive(pytest.skip.Exception):  # type: ignore[misc,name-defined]
     """A skip that --gate accepts: the input is optional, or there is nothing to judge."""
+
+
+class NothingSeen(pytest.skip.Exception):  # type: ignore[misc,name-defined]
+    """A skip --gate fails: the check saw nothing where something must exist."""
+
+
+def saw_nothing(reason: str) -> NoReturn:
+    """Stop this check as inconclusive because it inspected nothing; --gate fails it."""
+    __tracebackhide__ = True
+    raise NothingSeen(f"saw nothing: {reason}")
 
 
 def inconclusive(reason: str) -> NoReturn:
@@ -75,7 +88,12 @@ def pytest_runtest_makereport(
     if report.skipped:
         reason = _skip_reason(report)
         raised = call.excinfo.value if call.excinfo is not None else None
-        if isinstance(raised, Inconclusive):
+        if isinstance(raised, NothingSeen) and suite is not None and suite.gate:
+            report.outcome = "failed"
+            report.longrepr = (f"--gate: inconclusive, {raised.msg}\n"
+                               "A check that saw nothing has not passed.")
+            verdict = "fail"
+        elif isinstance(raised, Inconclusive | NothingSeen):
             reason = str(raised.msg)
             report.longrepr = (*report.longrepr[:2], f"Skipped: {reason}")  # type: ignore[index]
             verdict = "inconclusive"

@@ -124,7 +124,7 @@ class Monitor:
                              timedelta(minutes=health.remind_minutes))
         notify_urls = settings.secrets.notify_urls
         self.notifier = Notifier(notify_urls.get_secret_value() if notify_urls else None, self._log_line)
-        self.metrics = Metrics(health.endpoints)
+        self.metrics = Metrics(settings.health_endpoints)
         self.pusher = (Pusher(options.pushgateway, self.metrics.registry,
                               {"target": settings.target.name, "mode": "continuous"},
                               self._log_line) if options.pushgateway else None)
@@ -254,8 +254,9 @@ class Monitor:
 
     def _measure(self, client: httpx.Client, pool: ThreadPoolExecutor) -> Measurements:
         h = self.settings.health
-        api = probe_api_health(client)
-        samples = (sample_endpoints(client, self.api_key, h.endpoints, h.samples_per_endpoint,
+        api = probe_api_health(client, self.settings.platform.health)
+        samples = (sample_endpoints(client, self.api_key, self.settings.health_endpoints,
+                                    h.samples_per_endpoint,
                                     pool=pool, bypass_cache=h.bypass_cache)
                    if api.available else [])
         db = probe_database(self.database_url, h.probe_timeout_s) if self.database_url else None
@@ -336,7 +337,8 @@ class Monitor:
             return
         self._budget_checked = True
         h = self.settings.health
-        per_minute = h.samples_per_endpoint * len(h.endpoints) * 60 / self.options.interval_s
+        endpoints = len(self.settings.health_endpoints)
+        per_minute = h.samples_per_endpoint * endpoints * 60 / self.options.interval_s
         if per_minute > min(limits):
             self._log_line(f"WARNING the monitor sends {per_minute:.0f} requests/min with TEST_API_KEY, "
                            f"over its rate limit of {min(limits)}/min: {SLOW_DOWN}")

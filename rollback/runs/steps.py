@@ -41,7 +41,6 @@ from rollback.runs.locks import (
     read_holder,
 )
 
-ENDPOINTS = ("/v1/leads", "/v1/appointments", "/v1/branches")
 #: the plan lists keys one by one up to these numbers (its --json form lists all)
 MAX_TENANTS_LISTED, MAX_KEYS_LISTED = 200, 25
 
@@ -114,11 +113,14 @@ def api_client(run: Run) -> httpx.Client:
 
 
 def health(run: Run) -> probes.ApiHealth:
+    """The target's health and served version, as the platform profile says to read them."""
     with api_client(run) as client:
-        result = probes.probe_api_health(client)
-        if result.status_code == 404:
-            result = probes.probe_api_health(client, "/api/health")
-        return result
+        return probes.probe_served(client, run.settings.platform, run.settings.target.api_base_url)
+
+
+def version_known(run: Run) -> bool:
+    """Whether anything tells the deployed version (profile [version] source is not none)."""
+    return run.settings.platform.version.source != "none"
 
 
 # --- pre-flight ----------------------------------------------------------------------------------
@@ -259,14 +261,16 @@ class Baseline(Step):
 
     def describe(self, run: Run) -> StepPlan:
         n = run.settings.thresholds.sample_size
-        return self.plan([f"measure p95 latency and error rate of {', '.join(ENDPOINTS)} "
+        endpoints = run.settings.platform.endpoints
+        return self.plan([f"measure p95 latency and error rate of {', '.join(endpoints)} "
                           f"({n} concurrent requests each, with TEST_API_KEY), for the gate to "
-                          "compare with"], {"endpoints": list(ENDPOINTS), "sample_size": n})
+                          "compare with"], {"endpoints": list(endpoints), "sample_size": n})
 
     def run(self, run: Run) -> Done:
         n = run.settings.thresholds.sample_size
         with api_client(run) as client, ThreadPoolExecutor(max_workers=8) as pool:
-            samples = probes.sample_endpoints(client, run.settings.require_api_key(), ENDPOINTS,
+            samples = probes.sample_endpoints(client, run.settings.require_api_key(),
+                                              run.settings.platform.endpoints,
                                               n, pool=pool)
         p95 = {s.path: round(s.p95_ms, 1) for s in samples if s.p95_ms is not None}
         rate = probes.error_rate(samples)
@@ -518,7 +522,7 @@ class Deploy(Step):
         target = run.settings.target
         expected = str(run.facts.get("new_head") or gitops.head(run.repo))
         current = health(run)
-        if current.available and _same_version(current.version, expected):
+        if version_known(run) and current.available and _same_version(current.version, expected):
             return Done(f"{target.api_base_url} already serves {expected[:12]}: nothing to deploy",
                         {"deployed_version": current.version, "deploy": {"mode": "none"}})
         started = time.monotonic()
@@ -543,8 +547,9 @@ class Deploy(Step):
                 run.ui.ask("press Enter once the deployment is started")
         remaining = max(1.0, target.deploy_timeout_s - (time.monotonic() - started))
         seen = wait_for_version(run, expected, remaining)
-        if not _same_version(seen.version, expected) or not seen.available:
-            raise self._failed(run, f"/health did not report {expected[:12]} within "
+        if not seen.available or (version_known(run) and not _same_version(seen.version, expected)):
+            source = run.settings.platform.version.describe()
+            raise self._failed(run, f"{source} did not report {expected[:12]} within "
                                     f"{target.deploy_timeout_s:g} s (last: {seen.describe()})",
                                expected)
         took = time.monotonic() - started
@@ -579,7 +584,8 @@ def wait_for_version(run: Run, expected: str, timeout_s: float) -> probes.ApiHea
     deadline = time.monotonic() + timeout_s
     interval = min(run.settings.run.health_poll_s, 0.25)
     last = health(run)
-    while not (last.available and _same_version(last.version, expected)):
+    # With no version source, healthy is all that can be seen (the README says so).
+    while not (last.available and (_same_version(last.version, expected) or not version_known(run))):
         if time.monotonic() >= deadline:
             break
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
