@@ -76,11 +76,13 @@ GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
 GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
 GRANT EXECUTE ON FUNCTION auth.uid(), auth.jwt(), auth.role() TO anon, authenticated, service_role;
 
--- Like Supabase: whatever `postgres` creates in public later (every migration) is granted to
--- the three roles at once, so row level security, not GRANT, is what keeps tenants apart.
-ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public
+-- Like Supabase: whatever the migrating role creates in public later (every migration) is
+-- granted to the three roles at once, so row level security, not GRANT, is what keeps tenants
+-- apart. Default privileges belong to the role that sets them: this file must run as the role
+-- that runs the migrations (`postgres` in the sandbox and on Supabase).
+ALTER DEFAULT PRIVILEGES IN SCHEMA public
     GRANT ALL ON TABLES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public
+ALTER DEFAULT PRIVILEGES IN SCHEMA public
     GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public
+ALTER DEFAULT PRIVILEGES IN SCHEMA public
     GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
