@@ -78,6 +78,8 @@ def test_branch_filter_is_not_applied(api: httpx.Client, branch_endpoint: str,
     )
 
 
-def test_legacy_limit_param_is_accepted(api: httpx.Client, evidence: Evidence) -> None:
-    response = get(api, "/v1/leads", params={"limit": 1, **cache_buster()}, evidence=evidence)
-    expect_list_shape(response, "leads")
+def test_legacy_limit_param_is_accepted(api: httpx.Client, profile: Profile,
+                                        evidence: Evidence) -> None:
+    path = profile.leads_path
+    response = get(api, path, params={"limit": 1, **cache_buster()}, evidence=evidence)
+    expect_list_shape(response, profile.resource_at(path))

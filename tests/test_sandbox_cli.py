@@ -46,7 +46,8 @@ def test_embedded_sandbox_from_up_to_down_leaves_no_process(tmp_path: Path) -> N
 
         env = _exports(run_cli("sandbox", "env", "--dir", str(folder)).stdout)
         assert set(env) == {"API_BASE_URL", "TEST_API_KEY", "TEST_BRANCH_API_KEY",
-                            "TEST_REVOKED_API_KEY", "DATABASE_URL", "ROLLBACK_CONFIG"}
+                            "TEST_REVOKED_API_KEY", "TEST_EXPIRED_API_KEY", "DATABASE_URL",
+                            "ROLLBACK_CONFIG"}
         listed = httpx.get(f"{env['API_BASE_URL']}/v1/leads",
                            headers={"Authorization": f"Bearer {env['TEST_API_KEY']}"})
         assert listed.status_code == 200

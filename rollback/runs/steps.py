@@ -27,7 +27,9 @@ import psycopg
 
 from rollback import probes
 from rollback.errors import ConfigError, GateFailed, StepFailed, UsageError
+from rollback.fase3 import objects_in_repo
 from rollback.http import bounded_client
+from rollback.rls import require_sight
 from rollback.runs import dbops, gitops
 from rollback.runs.core import PHASES, Done, Run, Step, StepPlan, run_command
 from rollback.runs.journal import iso, utc_now
@@ -84,27 +86,13 @@ def later_phases(history: gitops.History, phase: str) -> list[str]:
 
 
 def fase3_objects(run: Run) -> list[dbops.DbObject]:
-    """The objects FASE 3's migrations create, read from the phase commits' own files."""
+    """The objects FASE 3's migrations create, read from them as they stand in the repository
+    ([platform.fase3] migrations): a migration renamed and rewritten after the phase commit
+    gives today's names, not the phase commit's."""
     cached = run.facts.get("fase3_objects_parsed")
     if isinstance(cached, list):
         return [dbops.DbObject(**o) for o in cached]
-    repo = run.repo
-    history = gitops.read_history(repo, run.settings.target.phase_trailer)
-    shas = ([gitops.resolve(repo, run.options.commit)] if run.options.commit
-            else [c.sha for c in history.phase_commits("fase3")])
-    objects: list[dbops.DbObject] = []
-    files: list[str] = []
-    for sha in shas:
-        for path in gitops.added_files(repo, sha):
-            if path.startswith("migrations/") and path.endswith(".sql") and not path.endswith(".down.sql"):
-                files.append(f"{sha[:12]}:{path}")
-                for obj in dbops.parse_migration_objects(gitops.show(repo, sha, path)):
-                    if obj not in objects:
-                        objects.append(obj)
-    if not objects:
-        raise StepFailed(f"no CREATE INDEX/VIEW/FUNCTION found in the migrations of FASE 3's "
-                         f"commits ({', '.join(files) or 'no migration files'}): nothing to drop")
-    return objects
+    return list(objects_in_repo(run.settings.platform, run.repo).objects)
 
 
 def api_client(run: Run) -> httpx.Client:
@@ -169,6 +157,10 @@ class Preflight(Step):
         probe = probes.probe_database(run.database_url, timeout_s=10)
         if not probe.ok:
             raise StepFailed(f"database unreachable: {probe.reason}; check DATABASE_URL")
+        profile = run.settings.platform
+        with dbops.read_only(run.database_url) as conn:
+            # a role that RLS blinds would back up, convert and verify zero rows
+            require_sight(conn, profile.tables.all(), profile.service_role)
         api = health(run)
         if not api.available:
             raise StepFailed(f"API at {run.settings.target.api_base_url} is not healthy: "
