@@ -135,6 +135,8 @@ def context(run: Run) -> dict[str, Any]:
         "dropped": facts.get("fase3_dropped") or [],
         "log_path": str(run.log_path),
         "timeline": _timeline(run),
+        # the platform profile's list endpoints, as customers call them
+        "endpoints": list(run.settings.platform.endpoints),
     }
 
 
