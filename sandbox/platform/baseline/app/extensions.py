@@ -1,9 +1,13 @@
 """Extension hooks: how each release phase adds behaviour without editing baseline files.
 
-Every module in `app/ext/` (sorted by filename; `_*.py` skipped) exposes `extension`, an
-instance of a subclass of `Extension`. Removing a module removes its behaviour, which is
-what reverting a phase's commit does. Hooks run in filename order; `around_list` wraps in
-that order too (the first extension is the outermost).
+Contract shape: every module in `app/ext/` (sorted by filename; `_*.py` skipped) exposes
+`extension`, an instance of a subclass of `Extension`. Removing a module removes its
+behaviour, which is what reverting a phase's commit does. Hooks run in filename order;
+`around_list` wraps in that order too (the first extension is the outermost).
+
+Tistis shape: the route module (`app/api/v1/leads/route.py`) lists its extensions in a
+module-level `EXTENSIONS`, in the order they run; a phase registers its own there, so
+reverting a phase's hunks of that file (and its files) removes it.
 
     on_authenticated(ctx, conn)         after the key is known, allowed and counted
     on_list_query(ctx, query, conn)     before a list query runs: narrow it, raise ApiError,
@@ -66,3 +70,16 @@ def load_extensions() -> list[Extension]:
         found.append(ext)
     log.info("extensions loaded: %s", ", ".join(e.name for e in found) or "none")
     return found
+
+
+ROUTE_MODULE = "app.api.v1.leads.route"
+
+
+def load_route_extensions(module_name: str = ROUTE_MODULE) -> list[Extension]:
+    """The route module's `EXTENSIONS`, checked like app/ext/'s modules."""
+    module = importlib.import_module(module_name)
+    found = getattr(module, "EXTENSIONS", None)
+    if not isinstance(found, list) or not all(isinstance(e, Extension) for e in found):
+        raise RuntimeError(f"{module.__file__}: expected a module-level `EXTENSIONS`, a list of Extension")
+    log.info("extensions registered by %s: %s", module_name, ", ".join(e.name for e in found) or "none")
+    return list(found)

@@ -4,26 +4,42 @@
 
 then rate-limit headers on whatever the answer is, and one usage-log row. The steps are sync
 (psycopg) and run in Starlette's threadpool.
+
+`TistisPlatform` is the same pipeline with the real platform's authentication, which checks the
+IP whitelist and the scope itself (authenticate -> rate limit -> chaos -> extensions ->
+handler), and its usage accounting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import Connection
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.auth import ApiKey, Unauthorized, authenticate, require_scope
+from app.auth import (
+    ApiKey,
+    IpAllowed,
+    KeyRejected,
+    Unauthorized,
+    authenticate,
+    authenticate_tistis,
+    require_scope,
+)
+from app.chaos import ChaosSource
 from app.context import RequestContext
 from app.db import Database
 from app.errors import ApiError, database_error
 from app.extensions import Extension
 from app.ratelimit import RateLimiter, Usage, rate_limited
-from app.usage import UsageRecord, record_usage
+from app.usage import UsageRecord, record_usage, record_usage_tistis, valid_ip
 
 log = logging.getLogger("platform.pipeline")
 
@@ -41,6 +57,35 @@ class Incoming:
     body: bytes
     started: float  # time.perf_counter() on arrival
     chaos_fail: bool = False
+    client_ip: str | None = None  # a valid IP address, when the shape needs one
+
+
+async def read_incoming(
+    request: Request, chaos: ChaosSource, client_ip: Callable[[Request], str | None] | None = None
+) -> Incoming:
+    """Read what the pipeline needs on the event loop, after the chaos file's added latency."""
+    started = time.perf_counter()
+    path = request.url.path
+    current = chaos.current()
+    delay = current.latency_s(path)
+    if delay:
+        await asyncio.sleep(delay)
+    query_log: dict[str, Any] = {}
+    for name in request.query_params:
+        values = request.query_params.getlist(name)
+        query_log[name] = values[0] if len(values) == 1 else values
+    return Incoming(
+        method=request.method,
+        path=path,
+        params=dict(request.query_params),
+        query_log=query_log,
+        authorization=request.headers.get("authorization"),
+        user_agent=request.headers.get("user-agent"),
+        body=await request.body() if request.method in ("POST", "PUT", "PATCH") else b"",
+        started=started,
+        chaos_fail=current.should_fail(path),
+        client_ip=client_ip(request) if client_ip else None,
+    )
 
 
 Handler = Callable[[RequestContext, Connection, Incoming], tuple[int, dict[str, Any]]]
@@ -69,13 +114,13 @@ class Platform:
         usage: Usage | None = None
         try:
             with self.db.connection() as conn:
-                key = self._authenticate(conn, req, rec)
+                key = self._authenticate(conn, req, rec, endpoint.scope)
                 usage = self._count(key)
                 if usage.exceeded:
                     raise ApiError(429, "RATE_LIMIT_EXCEEDED", rate_limited(usage))
                 if req.chaos_fail:
                     raise ApiError(500, "DATABASE_ERROR", "Injected fault (sandbox chaos)")
-                require_scope(key, endpoint.scope)
+                self._require_scope(key, endpoint.scope)
                 ctx = RequestContext(key=key, path=req.path, params=req.params)
                 for ext in self.extensions:
                     ext.on_authenticated(ctx, conn)
@@ -86,7 +131,7 @@ class Platform:
         except psycopg.Error as exc:
             # Server-side only, and without the SQL parameters (they may hold personal data).
             log.error("database error on %s %s: %s", req.method, req.path, type(exc).__name__)
-            response = self._error(database_error(), rec)
+            response = self._error(self._database_error(rec), rec)
         except Exception:
             log.exception("unexpected error on %s %s", req.method, req.path)
             response = self._error(ApiError(500, "INTERNAL_ERROR", "Internal server error"), rec)
@@ -98,7 +143,7 @@ class Platform:
         usage: Usage | None = None
         try:
             with self.db.connection() as conn:
-                key = self._authenticate(conn, req, rec)
+                key = self._authenticate(conn, req, rec, None)
             usage = self._count(key)
             if usage.exceeded:
                 err = ApiError(429, "RATE_LIMIT_EXCEEDED", rate_limited(usage))
@@ -106,7 +151,7 @@ class Platform:
             pass  # no usable key, or no database: the answer is still the 404/405
         return self._finish(self._error(err, rec), rec, usage, req)
 
-    def _authenticate(self, conn: Connection, req: Incoming, rec: UsageRecord) -> ApiKey:
+    def _authenticate(self, conn: Connection, req: Incoming, rec: UsageRecord, scope: str | None) -> ApiKey:
         try:
             key = authenticate(conn, req.authorization)
         except Unauthorized as err:
@@ -114,6 +159,15 @@ class Platform:
             raise
         rec.key_id, rec.tenant_id, rec.authenticated = key.id, key.tenant_id, True
         return key
+
+    def _require_scope(self, key: ApiKey, scope: str) -> None:
+        require_scope(key, scope)
+
+    def _database_error(self, rec: UsageRecord) -> ApiError:
+        return database_error()
+
+    def _record(self, rec: UsageRecord, started: float) -> None:
+        record_usage(self.db, rec, started)
 
     @staticmethod
     def _error(err: ApiError, rec: UsageRecord) -> Response:
@@ -124,8 +178,38 @@ class Platform:
         if usage is not None:
             response.headers.update(usage.headers())
         rec.status_code = response.status_code
-        record_usage(self.db, rec, req.started)
+        self._record(rec, req.started)
         return response
+
+
+@dataclass
+class TistisPlatform(Platform):
+    """The real platform's pipeline: its auth codes, IP whitelist, and usage accounting."""
+
+    ip_allowed: IpAllowed = field(default=lambda ip, whitelist: ip in whitelist)
+
+    def _authenticate(self, conn: Connection, req: Incoming, rec: UsageRecord, scope: str | None) -> ApiKey:
+        rec.ip_address = valid_ip(req.client_ip)
+        if scope is None:
+            raise ApiError(500, "INTERNAL_ERROR", "Internal server error")  # no unrouted pipeline here
+        try:
+            key = authenticate_tistis(conn, req.authorization, req.client_ip, scope, self.ip_allowed)
+        except KeyRejected as err:
+            rec.key_id, rec.tenant_id = err.key_id, err.tenant_id
+            raise
+        rec.key_id, rec.tenant_id, rec.authenticated = key.id, key.tenant_id, True
+        return key
+
+    def _require_scope(self, key: ApiKey, scope: str) -> None:
+        return None  # checked by authenticate_tistis, before the rate limit as on the real platform
+
+    def _database_error(self, rec: UsageRecord) -> ApiError:
+        if not rec.authenticated:  # the key could not be looked up
+            return ApiError(500, "INTERNAL_ERROR", "Internal authentication error")
+        return database_error()
+
+    def _record(self, rec: UsageRecord, started: float) -> None:
+        record_usage_tistis(self.db, rec, started)
 
 
 def _record_for(req: Incoming, endpoint: str) -> UsageRecord:

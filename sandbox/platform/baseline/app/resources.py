@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 from psycopg import Connection, sql
@@ -83,14 +85,26 @@ BRANCHES = ListResource(
 
 
 def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in row.items():
-        if isinstance(value, uuid.UUID):
-            value = str(value)
-        elif isinstance(value, datetime | date):
-            value = value.isoformat()
-        out[name] = value
-    return out
+    return {name: _json_value(value) for name, value in row.items()}
+
+
+def _json_value(value: Any) -> Any:
+    """A column value as JSON has it (as PostgREST answers: numerics as numbers, inet as text)."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address
+                  | ipaddress.IPv4Network | ipaddress.IPv6Network | ipaddress.IPv4Interface
+                  | ipaddress.IPv6Interface):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    return str(value)
 
 
 def _positive_int(params: Mapping[str, str], name: str, default: int) -> int:
@@ -175,8 +189,9 @@ def list_resource(
     ctx: RequestContext,
     conn: Connection,
     extensions: Sequence[Extension],
+    parse: Callable[[ListResource, Mapping[str, str]], ListQuery] = parse_list_query,
 ) -> ListBody:
-    query = parse_list_query(resource, ctx.params)
+    query = parse(resource, ctx.params)
     for ext in extensions:
         ext.on_list_query(ctx, query, conn)
 
