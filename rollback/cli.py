@@ -48,28 +48,35 @@ def sandbox() -> None:
 @click.option("--seed", "seed_value", type=int, default=42, show_default=True)
 @click.option("--database-url", help="Use this PostgreSQL instead of the embedded one (never DATABASE_URL).")
 @click.option("--reset", is_flag=True, help="Rebuild: drop what the database or folder holds.")
+@click.option("--shape", type=click.Choice(["contract", "tistis"]),
+              help="contract: as the API reference describes the platform (the default for a new "
+                   "sandbox); tistis: as its repository has it (Supabase, real history, Vercel).")
 @edge
 def sandbox_up(root: Path, port: int | None, tenants: int, keys: int | None, seed_value: int,
-               database_url: str | None, reset: bool) -> None:
+               database_url: str | None, reset: bool, shape: str | None) -> None:
     """Start the sandbox at FASE 3, seeded, and wait until its API is healthy.
 
     \b
     Example:
       rollback sandbox up --tenants 50 --seed 42
       rollback sandbox up --keys 1000000 --reset
+      rollback sandbox up --shape tistis --dir /tmp/tistis
     """
     from sandbox import control
 
     state, started = control.up(root, port=port, tenants=tenants, keys=keys, seed_value=seed_value,
-                                database_url=database_url, reset=reset,
-                                log=lambda line: out.print(f"  {line}", soft_wrap=True))
+                                database_url=database_url, reset=reset, shape=shape,
+                                log=lambda line: out.print(f"  {escape(line)}", soft_wrap=True))
     if not started:
-        out.print(f"sandbox already running at {state.api_base_url} (dir {state.dir})")
+        out.print(f"sandbox already running at {state.api_base_url} (dir {state.dir}, shape {state.shape})")
         return
-    out.print(f"[bold green]sandbox up[/] at {state.api_base_url} (dir {state.dir})")
+    out.print(f"[bold green]sandbox up[/] at {state.api_base_url} (dir {state.dir}, shape {state.shape})")
     out.print('  point every command at it:  eval "$(rollback sandbox env'
               + (f" --dir {root}" if root != Path('.sandbox') else "") + ')"')
-    out.print('  try:  curl -H "Authorization: Bearer $TEST_API_KEY" "$API_BASE_URL/v1/leads"')
+    leads = "/api/v1/leads" if state.shape == "tistis" else "/v1/leads"
+    out.print(f'  try:  curl -H "Authorization: Bearer $TEST_API_KEY" "$API_BASE_URL{leads}"')
+    if state.shape == "tistis":
+        out.print("  deploy: vercel --prod --yes (from the checkout), vercel ls, vercel rollback")
     out.print("  stop: rollback sandbox down")
 
 
@@ -92,7 +99,8 @@ def sandbox_env(root: Path) -> None:
 @DIR_OPTION
 @edge
 def sandbox_deploy(root: Path) -> None:
-    """Restart the sandbox API from the repository's current checkout (its deploy command).
+    """Deploy the repository's current checkout: contract restarts the API from it; tistis runs
+    `vercel --prod --yes` from it (a new production deployment).
 
     \b
     Example:
@@ -108,7 +116,7 @@ def sandbox_deploy(root: Path) -> None:
 @DIR_OPTION
 @edge
 def sandbox_status(root: Path) -> None:
-    """Show what runs: database, API, deployed version, phases present in the checkout.
+    """Show what runs: shape, database, API, deployed version, phases present in the checkout.
 
     \b
     Example:

@@ -1,5 +1,13 @@
 """Bring the sandbox platform up and down: PostgreSQL, the platform's git repo, and its API server.
 
+Two shapes. `contract` (the default): the platform as its API reference describes it, the
+server running from the checkout, `rollback sandbox deploy` restarting it. `tistis`: the
+platform as its repository has it (Supabase roles and row level security, the real history,
+the real routes and codes), deployed like Vercel: each deployment is a snapshot of a commit
+under `vercel/deployments/`, and production is switched between them by `bin/vercel` (see
+sandbox/vercel.py). The tistis API connects as `service_role` (BYPASSRLS, like the real
+service key); DATABASE_URL stays the superuser's, like Supabase's direct connection.
+
 Everything lives in one folder (default `.sandbox/`):
 
     .sandbox/
@@ -7,16 +15,22 @@ Everything lives in one folder (default `.sandbox/`):
       rollback.toml     the sandbox described as a target, for ROLLBACK_CONFIG
       chaos.json        optional fault injection read by the running server
       postgres/         the embedded cluster (absent with --database-url)
-      platform/         the platform's git checkout the server runs from
+      platform/         the platform's git checkout (contract: the server runs from it)
       origin.git/       its bare `origin`
       api.log           the server's output
+      bin/vercel        tistis: the stand-in `vercel` command, bound to this folder
+      vercel/           tistis: state.json (deployments, production) and the snapshots
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +43,7 @@ from typing import Any
 import httpx
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from rollback.errors import StepFailed, UsageError
 from rollback.runs.locks import pid_alive
@@ -38,6 +53,9 @@ from sandbox.postgres import EmbeddedPostgres
 DEFAULT_DIR = Path(".sandbox")
 DATABASE = "platform"
 START_TIMEOUT_S = 30.0
+SHAPES = ("contract", "tistis")
+SERVICE_ROLE = "service_role"
+BOOTSTRAP_SQL = repo.LAYERS / "tistis" / "supabase" / "bootstrap.sql"
 
 
 @dataclass
@@ -56,6 +74,11 @@ class State:
     keys: dict[str, str] = field(default_factory=dict)
     tenant_id: str = ""
     branch_id: str = ""
+    shape: str = "contract"
+    # tistis: the password of service_role's login (the API's database user). A secret.
+    service_password: str | None = None
+    # tistis: the folder the API serves, the production deployment's snapshot
+    app_dir: str | None = None
 
     @property
     def root(self) -> Path:
@@ -76,6 +99,32 @@ class State:
     @property
     def config_file(self) -> Path:
         return self.root / "rollback.toml"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def vercel_command(self) -> Path:
+        return self.bin_dir / "vercel"
+
+    @property
+    def serving_dir(self) -> Path:
+        """Where the API runs from: the production snapshot (tistis), else the checkout."""
+        return Path(self.app_dir) if self.shape == "tistis" and self.app_dir else self.checkout
+
+    @property
+    def health_path(self) -> str:
+        return "/api/health" if self.shape == "tistis" else "/health"
+
+    def service_url(self) -> str:
+        """The API's connection: as service_role for tistis, else the database URL itself."""
+        if self.shape != "tistis":
+            return self.database_url
+        if not self.service_password:
+            raise StepFailed(f"{self.root / 'sandbox.json'} has no service_role password: "
+                             "rebuild with `rollback sandbox up --reset`")
+        return make_conninfo(self.database_url, user=SERVICE_ROLE, password=self.service_password)
 
     def postgres(self) -> EmbeddedPostgres | None:
         if not self.embedded or self.pg_port is None or self.pg_password is None:
@@ -111,7 +160,7 @@ def _pid_alive(pid: int | None) -> bool:
 
 def health(state: State, timeout: float = 2.0) -> dict[str, Any] | None:
     try:
-        response = httpx.get(f"{state.api_base_url}/health", timeout=timeout)
+        response = httpx.get(f"{state.api_base_url}{state.health_path}", timeout=timeout)
         payload = response.json()
         return payload if isinstance(payload, dict) else None
     except (httpx.HTTPError, ValueError):
@@ -160,10 +209,44 @@ def apply_migrations(url: str, checkout: Path) -> list[str]:
     return applied
 
 
+def service_password(database_url: str) -> str:
+    """service_role's password: derived from the superuser's (itself random), so that every
+    tistis sandbox of one cluster agrees on it (roles are cluster-wide); random without one."""
+    params = conninfo_to_dict(database_url)
+    secret = str(params.get("password") or "")
+    if not secret:
+        return secrets.token_urlsafe(24)
+    where = f"{params.get('host', '')}:{params.get('port', '')}"
+    digest = hmac.new(secret.encode(), f"sandbox service_role {where}".encode(), hashlib.sha256)
+    return digest.hexdigest()[:32]
+
+
+def bootstrap_supabase(state: State) -> None:
+    """What Supabase has before the first migration (roles, auth schema, default grants), then
+    a login for service_role, the API's user. As the superuser; idempotent."""
+    if not state.service_password:
+        state.service_password = service_password(state.database_url)
+        state.save()
+    with psycopg.connect(state.database_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(BOOTSTRAP_SQL.read_text(encoding="utf-8"))  # type: ignore[call-overload]
+        grant_service_login(conn, state.service_password)
+
+
+def grant_service_login(conn: psycopg.Connection[Any], password: str) -> None:
+    conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
+        sql.Identifier(SERVICE_ROLE), sql.Literal(password)))
+
+
 def _write_target_config(state: State) -> None:
-    deploy = f"{shlex.quote(sys.executable)} -m rollback sandbox deploy --dir {shlex.quote(state.dir)}"
+    if state.shape == "tistis":
+        deploy = f"{shlex.quote(str(state.vercel_command))} --prod --yes"
+    else:
+        deploy = f"{shlex.quote(sys.executable)} -m rollback sandbox deploy --dir {shlex.quote(state.dir)}"
     state.config_file.write_text(
         "# The sandbox described as a rollback target (written by `rollback sandbox up`).\n"
+        "[platform]\n"
+        f"profile = {json.dumps(state.shape)}\n"
+        "\n"
         "[target]\n"
         'name = "sandbox"\n'
         f'api_base_url = "{state.api_base_url}"\n'
@@ -176,24 +259,30 @@ def _write_target_config(state: State) -> None:
 
 
 def start_api(state: State) -> None:
-    """Start the server from the checkout as it is now, in its own session, and wait for health."""
-    version = repo.head(state.checkout)
+    """Start the server, in its own session, and wait for health: contract from the checkout
+    as it is now (health must report its HEAD), tistis from the production snapshot."""
+    tistis = state.shape == "tistis"
+    app_dir = state.serving_dir
+    version = None if tistis else repo.head(state.checkout)
     env = {
         **os.environ,
-        "PLATFORM_DATABASE_URL": state.database_url,
-        "PLATFORM_VERSION": version,
+        "PLATFORM_DATABASE_URL": state.service_url(),
+        "PLATFORM_SHAPE": state.shape,
         "PLATFORM_CHAOS_FILE": str(state.chaos_file),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    for secret in ("DATABASE_URL", "TEST_API_KEY", "TEST_BRANCH_API_KEY", "TEST_REVOKED_API_KEY"):
+    for secret in ("DATABASE_URL", "TEST_API_KEY", "TEST_BRANCH_API_KEY", "TEST_REVOKED_API_KEY",
+                   "TEST_EXPIRED_API_KEY", "PLATFORM_VERSION"):
         env.pop(secret, None)
+    if version:
+        env["PLATFORM_VERSION"] = version
     log = (state.root / "api.log").open("ab")
     log_fd = log.fileno()
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-         "--port", str(state.api_port), "--app-dir", str(state.checkout), "--no-access-log",
+         "--port", str(state.api_port), "--app-dir", str(app_dir), "--no-access-log",
          "--timeout-graceful-shutdown", "5"],
-        cwd=state.checkout, env=env, stdout=log_fd, stderr=log_fd, stdin=subprocess.DEVNULL,
+        cwd=app_dir, env=env, stdout=log_fd, stderr=log_fd, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     log.close()
@@ -205,7 +294,8 @@ def start_api(state: State) -> None:
             raise StepFailed(f"sandbox API exited with {process.returncode} at start: "
                              f"see {state.root / 'api.log'}")
         payload = health(state, timeout=1.0)
-        if payload and payload.get("version") == version:
+        if payload and (payload.get("status") in ("healthy", "degraded") if tistis
+                        else payload.get("version") == version):
             return
         time.sleep(0.1)
     raise StepFailed(f"sandbox API did not answer /health within {START_TIMEOUT_S:g} s: "
@@ -240,11 +330,21 @@ def up(
     seed_value: int = 42,
     database_url: str | None = None,
     reset: bool = False,
+    shape: str | None = None,
     log: Any = print,
 ) -> tuple[State, bool]:
-    """Start the sandbox. Returns the state and whether anything new was started."""
+    """Start the sandbox. Returns the state and whether anything new was started.
+
+    `shape` is "contract" or "tistis"; None keeps an existing sandbox's shape (a new one is
+    contract). An existing sandbox of another shape is rebuilt only with `reset`.
+    """
     root = root.resolve()
+    if shape is not None and shape not in SHAPES:
+        raise UsageError(f"--shape must be one of {', '.join(SHAPES)}, got {shape!r}")
     existing = State.load(root)
+    if existing and not reset and shape is not None and existing.shape != shape:
+        raise UsageError(f"the sandbox in {root} is of shape {existing.shape}: "
+                         f"pass --reset to rebuild it as {shape}")
     if existing and not reset and is_running(existing):
         return existing, False
     if tenants < 1:
@@ -258,6 +358,9 @@ def up(
         return existing, True
     if existing:
         down(root)
+    for leftover in (root / "vercel", root / "bin"):
+        if leftover.exists():
+            shutil.rmtree(leftover)
     if database_url is None:
         pg_root = root / "postgres"
         if pg_root.exists():
@@ -281,14 +384,22 @@ def up(
             _reset_database(database_url)
         state = State(dir=str(root), api_port=port or free_port(), database_url=database_url, embedded=False)
     state.tenants, state.seed = tenants, seed_value
+    state.shape = shape or "contract"
     state.save()
-    head = repo.build(state.checkout, root / "origin.git")
-    log(f"platform repository built at {state.checkout} (HEAD {head[:12]}, FASE 3)")
+    if state.shape == "tistis":
+        head = repo.build_tistis(state.checkout, root / "origin.git")
+        log(f"platform repository built at {state.checkout} (HEAD {head[:12]}, "
+            "the real history: FASE 1-3 in one commit, no trailers)")
+        bootstrap_supabase(state)
+        log("Supabase bootstrap applied (roles anon, authenticated, service_role; schema auth)")
+    else:
+        head = repo.build(state.checkout, root / "origin.git")
+        log(f"platform repository built at {state.checkout} (HEAD {head[:12]}, FASE 3)")
     migrations = apply_migrations(state.database_url, state.checkout)
     log(f"migrations applied: {', '.join(migrations)}")
     with psycopg.connect(state.database_url) as conn:
-        summary = seed.seed(conn, tenants=tenants, seed_value=seed_value)
-        grown = seed.grow_keys(conn, keys, seed_value) if keys else 0
+        summary = seed.seed(conn, tenants=tenants, seed_value=seed_value, shape=state.shape)
+        grown = seed.grow_keys(conn, keys, seed_value, shape=state.shape) if keys else 0
         conn.commit()
         conn.execute("ANALYZE")
     log(f"seeded {summary.tenants} tenants ({summary.multi_branch_tenants} multi-branch), "
@@ -299,7 +410,14 @@ def up(
     state.tenant_id, state.branch_id = summary.test_tenant_id, summary.test_branch_id
     state.save()
     _write_target_config(state)
-    start_api(state)
+    if state.shape == "tistis":
+        from sandbox import vercel
+
+        vercel.write_command(state)
+        first = vercel.deploy(state.root, state.checkout, log=log)
+        log(f"first production deployment {first.id} ({first.url}) of {first.commit[:12]}")
+    else:
+        start_api(state)
     return state, True
 
 
@@ -308,6 +426,10 @@ def _restart(state: State, log: Any) -> None:
     if server and not server.is_running():
         server.start()
         log(f"embedded PostgreSQL restarted on 127.0.0.1:{server.port}")
+    if state.shape == "tistis" and state.service_password:
+        # roles are cluster-wide: put the login back in case the cluster was rebuilt under us
+        with psycopg.connect(state.database_url, autocommit=True, connect_timeout=10) as conn:
+            grant_service_login(conn, state.service_password)
     start_api(state)
 
 
@@ -319,8 +441,14 @@ def require(root: Path = DEFAULT_DIR) -> State:
 
 
 def deploy(root: Path = DEFAULT_DIR) -> str:
-    """The sandbox's deploy command: restart the API from the checkout's current commit."""
+    """The sandbox's deploy command. Contract: restart the API from the checkout's current
+    commit. Tistis: `vercel --prod --yes` from the checkout (a new production deployment of its
+    HEAD). Returns the deployed commit."""
     state = require(root)
+    if state.shape == "tistis":
+        from sandbox import vercel
+
+        return vercel.deploy(state.root, state.checkout).commit
     stop_api(state)
     start_api(state)
     return repo.head(state.checkout)
@@ -339,33 +467,49 @@ def down(root: Path = DEFAULT_DIR) -> bool:
 
 
 def env_lines(root: Path = DEFAULT_DIR) -> list[str]:
-    """`export` lines that point every later command at the sandbox."""
+    """`export` lines that point every later command at the sandbox; for tistis also PATH, so
+    that `vercel` is the sandbox's stand-in."""
     state = require(root)
     values = {
         "API_BASE_URL": state.api_base_url,
         "TEST_API_KEY": state.keys.get("tenant", ""),
         "TEST_BRANCH_API_KEY": state.keys.get("branch", ""),
         "TEST_REVOKED_API_KEY": state.keys.get("revoked", ""),
+        "TEST_EXPIRED_API_KEY": state.keys.get("expired", ""),
         "DATABASE_URL": state.database_url,
         "ROLLBACK_CONFIG": str(state.config_file),
     }
-    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+    if state.shape == "tistis":
+        lines.append(f'export PATH={shlex.quote(str(state.bin_dir))}:"$PATH"')
+    return lines
 
 
 def status(root: Path = DEFAULT_DIR) -> dict[str, Any]:
     state = require(root)
     server = state.postgres()
     payload = health(state) if _pid_alive(state.api_pid) else None
-    return {
+    result: dict[str, Any] = {
         "dir": state.dir,
+        "shape": state.shape,
         "database": ("embedded, " + ("running" if server and server.is_running() else "stopped"))
         if state.embedded else "external",
         "api": f"{state.api_base_url} " + ("up" if payload else "down"),
         "api_pid": state.api_pid if _pid_alive(state.api_pid) else None,
         "deployed_version": (payload or {}).get("version"),
         "checkout_head": repo.head(state.checkout),
-        "phases_in_checkout": phases_present(state.checkout),
     }
+    if state.shape != "tistis":
+        result["phases_in_checkout"] = phases_present(state.checkout)
+        return result
+    from sandbox import vercel
+
+    production = vercel.production(state.root)
+    result["production_deployment"] = f"{production.id} {production.url}" if production else None
+    result["deployed_commit"] = production.commit if production else None
+    result["phases_in_checkout"] = tistis_phases_present(state.checkout)
+    result["phases_deployed"] = tistis_phases_present(state.checkout, production.commit) if production else []
+    return result
 
 
 def phases_present(checkout: Path) -> list[str]:
@@ -383,3 +527,28 @@ def phases_present(checkout: Path) -> list[str]:
             if line.startswith(f"{repo.TRAILER}: ") and sha not in reverted:
                 present.append(line.split(":", 1)[1].strip())
     return sorted(set(present))
+
+
+TISTIS_ROUTE = "app/api/v1/leads/route.py"
+
+
+def tistis_phases_present(checkout: Path, commit: str = "HEAD") -> list[str]:
+    """Tistis: the phases at `commit`. The three shipped in one commit, found by its subject
+    (there are no trailers); present when that commit is in the history and not reverted, less
+    any phase whose `# FASE N:` block the route module no longer has (one phase rolled back by
+    reverting its files and hunks)."""
+    shipped = repo.tistis_phase_commit(checkout)
+    if shipped is None:
+        return []
+    try:
+        repo.git(checkout, "merge-base", "--is-ancestor", shipped, commit)
+    except StepFailed:
+        return []
+    bodies = repo.git(checkout, "log", "--format=%B%x1e", f"{shipped}..{commit}")
+    if f"This reverts commit {shipped}" in bodies:
+        return []
+    try:
+        route = repo.git(checkout, "show", f"{commit}:{TISTIS_ROUTE}")
+    except StepFailed:
+        return []
+    return [f"fase{n}" for n in (1, 2, 3) if f"# FASE {n}:" in route]
