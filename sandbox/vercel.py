@@ -170,6 +170,8 @@ def deploy(root: Path, cwd: Path, *, prod: bool = True, log: Log = _stderr) -> D
     root = root.resolve()
     state = control.require(root)
     commit = _head(cwd)
+    if prod:
+        _require_database(state)
     with _locked(root):
         store = _Store.load(root)
         deployment = Deployment(
@@ -259,6 +261,14 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in secret}
 
 
+def _require_database(state: control.State) -> None:
+    """Production needs the sandbox's database: without it the API never turns healthy."""
+    server = state.postgres()
+    if server is not None and not server.is_running():
+        raise StepFailed(f"the sandbox in {state.root} is down: run `rollback sandbox up --dir "
+                         f"{state.root}` first")
+
+
 def _serve(state: control.State, store: _Store, deployment: Deployment) -> None:
     """Make `deployment` production: the API restarted from its snapshot. If it does not come
     up, the previous production is started again and StepFailed raised."""
@@ -342,6 +352,7 @@ def _switch(state: control.State, store: _Store, target: Deployment, log: Log) -
     if store.production == target.id and control.is_running(state):
         log(f"{target.id} is already the production deployment")
         return
+    _require_database(state)
     _serve(state, store, target)
 
 
