@@ -139,7 +139,7 @@ def fase3_objects(suite: SuiteConfig, profile: Profile) -> tuple[str, ...]:
     repo = suite.settings.target.repo
     if repo is None:
         pytest.skip("[target] repo is not set: FASE 3's objects are read from its migrations "
-                    f"({', '.join(profile.fase3.migrations)}) in the platform's checkout; set "
+                    f"({', '.join(profile.phase('fase3').migrations)}) in the platform's checkout; set "
                     "repo in rollback.toml, or pass a run context")
     try:
         return objects_in_repo(profile, repo).labels

@@ -1,6 +1,6 @@
 """FASE 3's database objects, read from its migrations as they stand in the repository.
 
-The profile names the migration files by glob (`[platform.fase3] migrations`). They are read at
+The profile names the migration files by glob (`[platform.phases.fase3] migrations`). They are read at
 the branch's head, so a migration renamed and rewritten after the phase commit (the real
 platform's 136/137 became 174/175 with other definitions) gives today's names. A file that a
 rollback has since removed is read at its last version before the removal.
@@ -51,11 +51,11 @@ def _last_versions(repo: Path, ref: str, globs: tuple[str, ...]) -> list[tuple[s
 def objects_in_repo(profile: Profile, repo: Path, ref: str = "HEAD") -> Fase3Objects:
     """The objects FASE 3's migrations create at `ref`. Raises StepFailed when no migration
     file matches the profile's globs, at `ref` or in its history."""
-    globs = profile.fase3.migrations
+    globs = profile.phase("fase3").migrations
     present = _matching(gitops.out(repo, "ls-tree", "-r", "--name-only", ref).splitlines(), globs)
     sources = [(ref, path) for path in present] or _last_versions(repo, ref, globs)
     if not sources:
-        raise StepFailed(f"no file in {repo} matches [platform.fase3] migrations "
+        raise StepFailed(f"no file in {repo} matches [platform.phases.fase3] migrations "
                          f"({', '.join(globs)}), at {ref} or in its history: check the profile")
     objects: list[DbObject] = []
     files = []
@@ -66,5 +66,5 @@ def objects_in_repo(profile: Profile, repo: Path, ref: str = "HEAD") -> Fase3Obj
                 objects.append(obj)
     if not objects:
         raise StepFailed(f"no CREATE INDEX/VIEW/FUNCTION in FASE 3's migrations "
-                         f"({', '.join(files)}): check [platform.fase3] migrations")
+                         f"({', '.join(files)}): check [platform.phases.fase3] migrations")
     return Fase3Objects(tuple(objects), tuple(files))

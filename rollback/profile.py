@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 SHIPPED = ("contract", "tistis")
 DEFAULT_PROFILE = "contract"
+PHASE_NAMES = ("fase1", "fase2", "fase3")
 
 
 class _Part(BaseModel):
@@ -163,10 +164,9 @@ class Fase2(_Part):
 
 
 class Fase3(_Part):
-    """FASE 3's database objects come from its migrations as they stand in the repository
-    (followed to their last version if a rollback removed them), never from a typed list."""
+    """How FASE 3's response cache is seen. Its database objects come from the phase's
+    migrations (`[platform.phases.fase3] migrations`) as they stand in the repository."""
 
-    migrations: tuple[str, ...] = ("migrations/030_*.sql",)
     #: how a live response cache shows: a header, or only as stale answers
     cache: Literal["header", "staleness"] = "header"
     cache_header: str = "X-Cache"
@@ -174,6 +174,64 @@ class Fase3(_Part):
     cache_ttl_s: float = Field(default=300.0, gt=0)
     #: how long the staleness check watches the database for a change of the test tenant
     observe_s: float = Field(default=5.0, ge=0, le=60)
+
+
+class PhaseFind(_Part):
+    """How a phase's commits are found: a trailer `<trailer>: <phase>`, a subject pattern, or
+    commits named outright (the first that is set is used)."""
+
+    trailer: str | None = None
+    subject: str | None = None
+    commits: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_way(self) -> PhaseFind:
+        if not (self.trailer or self.subject or self.commits):
+            raise ValueError("say how to find the phase's commits: trailer, subject or commits")
+        if self.subject is not None:
+            try:
+                re.compile(self.subject)
+            except re.error as exc:
+                raise ValueError(f"subject {self.subject!r} is not a regular expression: {exc}") \
+                    from None
+        return self
+
+    def describe(self, phase: str) -> str:
+        if self.commits:
+            return f"commits {', '.join(c[:12] for c in self.commits)}"
+        if self.trailer:
+            return f"commits with the trailer `{self.trailer}: {phase}`"
+        return f"commits whose subject matches {self.subject!r}"
+
+
+class HunkSpec(_Part):
+    """The phase's hunks of a file it shares with other phases: those whose changed lines match
+    `pattern` (a regex, e.g. a `FASE 2` marker comment), or that overlap `lines` of the phase
+    commit's version of the file."""
+
+    path: str
+    pattern: str | None = None
+    lines: tuple[tuple[int, int], ...] = ()
+
+
+class PhaseSpec(_Part):
+    """One phase of the manifest: its commits, its code, its migrations, its database action.
+
+    With no `paths` and no `hunks`, the phase owns its commits whole (a plain `git revert`).
+    """
+
+    title: str = ""
+    find: PhaseFind
+    #: globs of the files that are wholly the phase's (`**/` spans folders)
+    paths: tuple[str, ...] = ()
+    hunks: tuple[HunkSpec, ...] = ()
+    #: globs of the phase's migrations, read as they stand at the branch's head
+    migrations: tuple[str, ...] = ()
+    database: Literal["none", "convert_branch_keys", "drop_objects"] = "none"
+
+    @property
+    def whole_commits(self) -> bool:
+        return not self.paths and not self.hunks
 
 
 class Profile(_Part):
@@ -198,6 +256,8 @@ class Profile(_Part):
     fase1: Fase1 = Fase1()
     fase2: Fase2 = Fase2()
     fase3: Fase3 = Fase3()
+    #: the phase manifest: fase1, fase2 and fase3
+    phases: dict[str, PhaseSpec] = Field(default_factory=dict)
 
     @field_validator("api_prefix")
     @classmethod
@@ -210,7 +270,14 @@ class Profile(_Part):
     def _has_resources(self) -> Profile:
         if not self.resources:
             raise ValueError("name at least one list endpoint under [[platform.resources]]")
+        missing = [p for p in PHASE_NAMES if p not in self.phases]
+        if missing:
+            raise ValueError(f"the phase manifest lacks {', '.join(missing)}: add "
+                             f"[platform.phases.{missing[0]}]")
         return self
+
+    def phase(self, name: str) -> PhaseSpec:
+        return self.phases[name]
 
     @property
     def endpoints(self) -> tuple[str, ...]:

@@ -6,6 +6,9 @@ platform repository and API server:
 
 - `sandbox`        shared by the session, healthy, at FASE 3. Tests that break it put it back.
 - `fresh_sandbox`  a new one per test, for tests that change it for good (rollbacks, resets).
+- `tistis_sandbox` like `sandbox`, in the real platform's shape (`sandbox up --shape tistis`).
+- `any_sandbox`, `any_fresh_sandbox`  the same, once per shape: a test asking for one runs
+                   against the API reference's shape and against the real platform's.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from rollback.profile import Profile, load_profile
 from sandbox import control
 from sandbox.postgres import EmbeddedPostgres
 
@@ -82,9 +86,19 @@ class Sandbox:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ROLLBACK_"))}
         for line in control.env_lines(self.dir):
             name, value = line.removeprefix("export ").split("=", 1)
-            env[name] = _unquote(value)
+            # the tistis sandbox puts its stand-in `vercel` first: PATH=<bin>:"$PATH"
+            env[name] = _unquote(value).replace("$PATH", os.environ.get("PATH", ""))
         env.update(extra)
         return env
+
+    @property
+    def shape(self) -> str:
+        return self.state.shape
+
+    @property
+    def profile(self) -> Profile:
+        """The platform profile the sandbox's rollback.toml names (its shape's)."""
+        return load_profile(self.state.shape)
 
     def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         """Run SQL as the superuser, committed; returns rows when the statement has any."""
@@ -165,5 +179,34 @@ def sandbox(sandbox_factory: SandboxFactory) -> Iterator[Sandbox]:
 def fresh_sandbox(sandbox_factory: SandboxFactory) -> Iterator[Sandbox]:
     """A sandbox of this test's own, destroyed afterwards."""
     box = sandbox_factory.make()
+    yield box
+    sandbox_factory.destroy(box)
+
+
+SHAPES = ("contract", "tistis")
+
+
+@pytest.fixture(scope="session")
+def tistis_sandbox(sandbox_factory: SandboxFactory) -> Iterator[Sandbox]:
+    """A healthy sandbox of the real platform's shape, shared by the session."""
+    box = sandbox_factory.make(shape="tistis")
+    yield box
+    sandbox_factory.destroy(box)
+
+
+@pytest.fixture(scope="session", params=SHAPES)
+def any_sandbox(request: pytest.FixtureRequest) -> Sandbox:
+    """The session's shared sandbox of each shape in turn: a test that asks for it runs on both
+    the API reference's shape and the real platform's."""
+    name = "sandbox" if request.param == "contract" else "tistis_sandbox"
+    box: Sandbox = request.getfixturevalue(name)
+    return box
+
+
+@pytest.fixture(params=SHAPES)
+def any_fresh_sandbox(request: pytest.FixtureRequest,
+                      sandbox_factory: SandboxFactory) -> Iterator[Sandbox]:
+    """A sandbox of this test's own, of each shape in turn, destroyed afterwards."""
+    box = sandbox_factory.make(shape=request.param)
     yield box
     sandbox_factory.destroy(box)

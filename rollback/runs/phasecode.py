@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rollback.errors import ConfigError, StepFailed, UsageError
+from rollback.profile import PhaseSpec
 from rollback.runs import gitops
 from rollback.runs.gitops import Commit, RevertConflict, git, out
 
@@ -716,3 +717,9 @@ def _conflict(plan: RevertPlan, failed: list[tuple[FileRevert, str]]) -> RevertC
         f"{'; '.join(details)}; nothing was changed: the working tree and index are back at "
         f"{plan.head[:12]}. Take back those later changes first, or make the revert by hand",
         commit, files)
+
+
+def phase_code(spec: PhaseSpec) -> PhaseCode:
+    """The PhaseCode of a phase of the profile's manifest (`[platform.phases.<phase>]`)."""
+    return PhaseCode(paths=spec.paths,
+                     hunks=tuple(HunkRule(h.path, h.pattern, h.lines) for h in spec.hunks))

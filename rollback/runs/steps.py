@@ -87,7 +87,7 @@ def later_phases(history: gitops.History, phase: str) -> list[str]:
 
 def fase3_objects(run: Run) -> list[dbops.DbObject]:
     """The objects FASE 3's migrations create, read from them as they stand in the repository
-    ([platform.fase3] migrations): a migration renamed and rewritten after the phase commit
+    ([platform.phases.fase3] migrations): a migration renamed and rewritten after the phase commit
     gives today's names, not the phase commit's."""
     cached = run.facts.get("fase3_objects_parsed")
     if isinstance(cached, list):
