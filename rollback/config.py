@@ -62,7 +62,6 @@ class Target(_Section):
     repo: Path | None = None
     branch: str = "main"
     remote: str = "origin"
-    phase_trailer: str = "Rollback-Phase"
     build_command: str | None = None
     deploy_mode: Literal["command", "push", "manual"] = "command"
     deploy_command: str | None = "vercel --prod --yes"

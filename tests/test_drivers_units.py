@@ -13,10 +13,14 @@ from pathlib import Path
 import pytest
 
 from rollback.errors import StepFailed
+from rollback.profile import load_profile
 from rollback.runs import comms, dbops, gitops
 from rollback.runs.core import Redactor
 from rollback.runs.journal import Journal, replay, unfinished_run
 from rollback.runs.locks import RepoLock, read_holder
+
+#: the contract profile's manifest: phases found by their Rollback-Phase trailer
+TRAILER_MANIFEST = {name: spec.find for name, spec in load_profile("contract").phases.items()}
 
 ROOT = Path(__file__).resolve().parent.parent
 FASE3_MIGRATION = ROOT / "sandbox/platform/fase3/migrations/030_fase3_performance.sql"
@@ -224,10 +228,10 @@ def test_a_revert_of_a_revert_brings_the_phase_back(tmp_path: Path) -> None:
     _git(tmp_path, "commit", "-q", "-m", "FASE 1\n\nRollback-Phase: fase1")
     phase_sha = _git(tmp_path, "rev-parse", "HEAD")
     _git(tmp_path, "revert", "--no-edit", "HEAD")
-    history = gitops.read_history(tmp_path, "Rollback-Phase")
+    history = gitops.read_history(tmp_path, TRAILER_MANIFEST)
     assert history.is_reverted(phase_sha) and history.phases_present() == []
     _git(tmp_path, "revert", "--no-edit", "HEAD")
-    history = gitops.read_history(tmp_path, "Rollback-Phase")
+    history = gitops.read_history(tmp_path, TRAILER_MANIFEST)
     assert not history.is_reverted(phase_sha) and history.phases_present() == ["fase1"]
 
 
@@ -273,6 +277,7 @@ def test_every_template_renders_without_a_missing_fact() -> None:
         "backup": {"schema": "s", "table": "t", "checksum": "c" * 64, "row_count": 2, "csv": "f"},
         "affected_tenants": [], "affected_keys": 0, "affected_active": 0, "db_option": 2,
         "dropped": ["x"], "log_path": "l", "timeline": [{"ts": "t", "text": "x"}],
+        "endpoints": ["/v1/leads"],
     }
     facts["tenant"] = dbops.AffectedTenant("t1", "T", "t", 2, (
         dbops.AffectedKey("k1", "K", "AbCd", True, "b1", "B"),))
@@ -332,7 +337,7 @@ def test_revert_code_reverts_every_commit_of_the_phase_newest_first(tmp_path: Pa
     log = _git(repo, "log", "--format=%B", "-2")
     assert f"This reverts commit {first}." in log and "Rollback-Run: 20260122T101500Z-fase1" in log
     assert "Rollback-Phase" not in log  # a revert is not mistaken for the phase itself
-    assert gitops.read_history(repo, "Rollback-Phase").phases_present() == []
+    assert gitops.read_history(repo, TRAILER_MANIFEST).phases_present() == []
 
 
 def test_revert_code_resumed_after_a_kill_mid_revert_finishes_the_job(

@@ -1,10 +1,18 @@
 """Git, as the drivers use it: find a phase's commits, revert them on a branch, take it all back.
 
-The repository's convention (see `sandbox/repo.py`): every commit of a phase carries the trailer
-`Rollback-Phase: faseN` (the trailer's name is `[target] phase_trailer`). A phase is present when
-at least one of its commits is in the history of HEAD and not reverted since; a revert of a
-revert counts as re-applying. Revert commits made here carry `Rollback-Run: <run id>` and never
-the phase trailer, so that they are not mistaken for the phase itself.
+A phase's commits are found as the profile's phase manifest says (`[platform.phases.<phase>]
+find`): by a trailer (`Rollback-Phase: faseN`, the contract sandbox's convention), by a subject
+pattern (the real platform's one commit `feat: FASE 1, 2 & 3 Complete ...`, which carries all
+three phases), or by naming them. A phase is present when at least one of its commits is in the
+history of HEAD and not taken back since, for that phase:
+
+- a whole-commit revert (`This reverts commit <sha>.`) takes back every phase of the commit; a
+  revert of a revert counts as re-applying;
+- a phase-code revert (`rollback.runs.phasecode`, one phase's files and hunks out of a shared
+  commit) carries `Rollback-Phase-Reverted: <phase> <sha>` and takes back that phase only.
+
+Revert commits made here carry `Rollback-Run: <run id>` and never a phase's own trailer, so that
+they are not mistaken for the phase itself.
 """
 
 from __future__ import annotations
@@ -12,13 +20,18 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rollback.errors import StepFailed, UsageError
+from rollback.profile import PhaseFind
 
 RUN_TRAILER = "Rollback-Run"
+PHASE_REVERTED_TRAILER = "Rollback-Phase-Reverted"
 _REVERTS = re.compile(r"^This reverts commit ([0-9a-f]{7,40})\.?\s*$", re.MULTILINE)
+_PHASE_REVERTED = re.compile(rf"^{PHASE_REVERTED_TRAILER}:\s*(\S+)\s+([0-9a-f]{{7,40}})\s*$",
+                             re.MULTILINE)
 
 
 def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -46,11 +59,16 @@ def out(repo: Path, *args: str) -> str:
 class Commit:
     sha: str
     subject: str
-    phase: str | None = None
+    #: the phases the commit carries (several for the real platform's release commit)
+    phases: tuple[str, ...] = ()
 
     @property
     def short(self) -> str:
         return self.sha[:12]
+
+    @property
+    def phase(self) -> str | None:
+        return ", ".join(self.phases) or None
 
     def as_dict(self) -> dict[str, str | None]:
         return {"sha": self.sha, "subject": self.subject, "phase": self.phase}
@@ -62,23 +80,33 @@ class History:
 
     commits: list[Commit] = field(default_factory=list)
     reverted_by: dict[str, str] = field(default_factory=dict)   # sha -> sha of the revert in effect
-    phase_of: dict[str, str] = field(default_factory=dict)      # sha -> phase named by its trailer
+    phases_of: dict[str, tuple[str, ...]] = field(default_factory=dict)  # sha -> its phases
+    #: (phase, sha) -> the phase-code revert that took that phase of that commit back
+    phase_reverted_by: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def is_reverted(self, sha: str) -> bool:
-        return sha in self.reverted_by
+    def is_reverted(self, sha: str, phase: str | None = None) -> bool:
+        """Whether the commit is taken back whole, or (given a phase) that phase of it."""
+        return sha in self.reverted_by or (phase is not None
+                                           and (phase, sha) in self.phase_reverted_by)
 
     def phase_commits(self, phase: str) -> list[Commit]:
-        return [c for c in self.commits if self.phase_of.get(c.sha) == phase]
+        return [c for c in self.commits if phase in self.phases_of.get(c.sha, ())]
 
     def phases_present(self) -> list[str]:
-        return sorted({p for sha, p in self.phase_of.items() if sha not in self.reverted_by})
+        return sorted({p for sha, phases in self.phases_of.items() for p in phases
+                       if not self.is_reverted(sha, p)})
+
+    def commit(self, sha: str) -> Commit | None:
+        return next((c for c in self.commits if c.sha == sha), None)
 
 
-def read_history(repo: Path, trailer: str) -> History:
+def read_history(repo: Path, manifest: Mapping[str, PhaseFind]) -> History:
+    """HEAD's history with each commit's phases, found as `manifest` (phase -> how) says."""
     raw = out(repo, "log", "--reverse", "--format=%H%x00%s%x00%B%x1e")
     history = History()
     shas: list[str] = []
     bodies: dict[str, str] = {}
+    subjects: dict[str, str] = {}
     for entry in raw.split("\x1e"):
         entry = entry.strip("\n")
         if "\x00" not in entry:
@@ -86,28 +114,48 @@ def read_history(repo: Path, trailer: str) -> History:
         sha, subject, body = entry.split("\x00", 2)
         sha = sha.strip()
         shas.append(sha)
-        bodies[sha] = body
-        history.commits.append(Commit(sha, subject))
-        for line in body.splitlines():
-            name, sep, value = line.partition(":")
-            if sep and name.strip() == trailer and value.strip():
-                history.phase_of[sha] = value.strip()
-    # resolve abbreviated shas named by revert messages
+        bodies[sha], subjects[sha] = body, subject
     by_prefix = {s: s for s in shas}
+
+    def full(target: str) -> str | None:
+        return by_prefix.get(target) or next((s for s in shas if s.startswith(target)), None)
+
+    named = {phase: {f for f in (full(c) for c in find.commits) if f} for phase, find in manifest.items()}
+    for sha in shas:
+        phases = tuple(phase for phase, find in manifest.items()
+                       if _carries(find, phase, sha, subjects[sha], bodies[sha], named[phase]))
+        if phases:
+            history.phases_of[sha] = phases
     reverts_of: dict[str, str] = {}
     for sha in shas:
         for match in _REVERTS.finditer(bodies[sha]):
-            target = match.group(1)
-            full = by_prefix.get(target) or next((s for s in shas if s.startswith(target)), None)
-            if full is None:
+            target = full(match.group(1))
+            if target is None:
                 continue
-            reverts_of[sha] = full
-            if full in reverts_of:  # reverting a revert: the original is back in effect
-                history.reverted_by.pop(reverts_of[full], None)
+            reverts_of[sha] = target
+            if target in reverts_of:  # reverting a revert: the original is back in effect
+                history.reverted_by.pop(reverts_of[target], None)
             else:
-                history.reverted_by[full] = sha
-    history.commits = [Commit(c.sha, c.subject, history.phase_of.get(c.sha)) for c in history.commits]
+                history.reverted_by[target] = sha
+        for match in _PHASE_REVERTED.finditer(bodies[sha]):
+            target = full(match.group(2))
+            if target is not None:
+                history.phase_reverted_by[(match.group(1), target)] = sha
+    history.commits = [Commit(sha, subjects[sha], history.phases_of.get(sha, ())) for sha in shas]
     return history
+
+
+def _carries(find: PhaseFind, phase: str, sha: str, subject: str, body: str,
+             named: set[str]) -> bool:
+    if find.commits:
+        return sha in named
+    if find.trailer:
+        # a revert commit quotes the reverted message: only a trailer line of its own counts
+        if _REVERTS.search(body) or _PHASE_REVERTED.search(body):
+            return False
+        return any(name.strip() == find.trailer and value.strip() == phase
+                   for name, sep, value in (line.partition(":") for line in body.splitlines()) if sep)
+    return find.subject is not None and re.search(find.subject, subject) is not None
 
 
 def resolve(repo: Path, rev: str) -> str:

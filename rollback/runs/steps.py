@@ -29,8 +29,9 @@ from rollback import probes
 from rollback.errors import ConfigError, GateFailed, StepFailed, UsageError
 from rollback.fase3 import objects_in_repo
 from rollback.http import bounded_client
+from rollback.profile import PhaseSpec
 from rollback.rls import require_sight
-from rollback.runs import dbops, gitops
+from rollback.runs import dbops, gitops, phasecode
 from rollback.runs.core import PHASES, Done, Run, Step, StepPlan, run_command
 from rollback.runs.journal import iso, utc_now
 from rollback.runs.locks import (
@@ -54,27 +55,64 @@ class AlreadyRolledBack(Exception):
 # --- shared look-ups -------------------------------------------------------------------------------
 
 
+def history_of(run: Run) -> gitops.History:
+    """HEAD's history with each commit's phases, as the profile's phase manifest finds them."""
+    manifest = {name: spec.find for name, spec in run.settings.platform.phases.items()}
+    return gitops.read_history(run.repo, manifest)
+
+
+def phase_spec(run: Run) -> PhaseSpec:
+    return run.settings.platform.phase(run.options.phase)
+
+
 def phase_commits(run: Run) -> tuple[list[gitops.Commit], list[gitops.Commit], gitops.History]:
-    """(commits still to revert, newest first; commits of the phase already reverted; history)."""
-    repo = run.repo
-    trailer = run.settings.target.phase_trailer
-    history = gitops.read_history(repo, trailer)
+    """(commits still to revert for the phase, newest first; its commits taken back already;
+    history). With --commit, that commit; refused when it carries other phases' changes too."""
+    repo, phase = run.repo, run.options.phase
+    history = history_of(run)
+    spec = phase_spec(run)
     if run.options.commit:
         sha = gitops.resolve(repo, run.options.commit)
-        commit = next((c for c in history.commits if c.sha == sha), None)
+        commit = history.commit(sha)
         if commit is None:
             raise UsageError(f"--commit {run.options.commit}: not in the history of HEAD in {repo}")
+        others = other_phases_in(run, commit)
+        if others:
+            raise UsageError(
+                f"--commit {commit.short} carries {', '.join(sorted(others))} too, not only "
+                f"{phase} ({_claims(others)}): reverting it would take those phases back with "
+                f"{phase}; run `rollback run {phase}` without --commit to take back only "
+                f"{phase}'s files and hunks ([platform.phases.{phase}])")
         chosen = [commit]
     else:
-        chosen = history.phase_commits(run.options.phase)
+        chosen = history.phase_commits(phase)
         if not chosen:
             raise UsageError(
-                f"no commit in the history of HEAD in {repo} carries the trailer "
-                f"`{trailer}: {run.options.phase}`: check [target] phase_trailer, or name the "
-                "commit with --commit SHA")
-    pending = [c for c in reversed(chosen) if not history.is_reverted(c.sha)]
-    done = [c for c in chosen if history.is_reverted(c.sha)]
+                f"no commit in the history of HEAD in {repo} is {phase}'s: the manifest looks "
+                f"for {spec.find.describe(phase)}; check [platform.phases.{phase}] find, or name "
+                "the commit with --commit SHA")
+    pending = [c for c in reversed(chosen) if not history.is_reverted(c.sha, phase)]
+    done = [c for c in chosen if history.is_reverted(c.sha, phase)]
     return pending, done, history
+
+
+def other_phases_in(run: Run, commit: gitops.Commit) -> dict[str, list[str]]:
+    """Other phases of the manifest whose files or hunks `commit` changes (phase -> files)."""
+    manifest = run.settings.platform.phases
+    if all(spec.whole_commits for spec in manifest.values()):
+        return {p: [] for p in commit.phases if p != run.options.phase}
+    found = phasecode.phases_in_commits(
+        run.repo, [commit.sha], {name: phasecode.phase_code(spec) for name, spec in manifest.items()
+                                 if not spec.whole_commits})
+    return {p: files for p, files in found.items() if p != run.options.phase and files}
+
+
+def _claims(others: dict[str, list[str]]) -> str:
+    parts = []
+    for phase, files in sorted(others.items()):
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        parts.append(f"{phase}: {shown}" if files else phase)
+    return "; ".join(parts)
 
 
 def later_phases(history: gitops.History, phase: str) -> list[str]:
@@ -362,14 +400,49 @@ class RevertCode(Step):
         pending, _, history = phase_commits(run)
         lines = [f"create branch {run.rollback_branch} from "
                  f"{gitops.current_branch(run.repo) or 'HEAD'}"]
-        lines += [f"revert {c.short} {c.subject}" for c in pending] or ["nothing to revert"]
+        data: dict[str, Any] = {"branch": run.rollback_branch, "commits": [c.sha for c in pending],
+                                "subjects": [c.subject for c in pending]}
+        if not pending:
+            lines.append("nothing to revert")
+        elif self._whole(run):
+            lines += [f"revert {c.short} {c.subject}" for c in pending]
+        else:
+            plan = self._plan(run, pending)
+            lines += plan.describe()
+            data["phase_code"] = plan.as_dict()
         later = later_phases(history, run.options.phase)
         if later:
             lines.append(f"note: {', '.join(later)} still present and may depend on "
                          f"{run.options.phase}")
-        return self.plan(lines, {"branch": run.rollback_branch,
-                                 "commits": [c.sha for c in pending],
-                                 "subjects": [c.subject for c in pending]})
+        return self.plan(lines, data)
+
+    @staticmethod
+    def _whole(run: Run) -> bool:
+        """Whole commits (git revert) for a phase that owns its commits, or for --commit."""
+        return phase_spec(run).whole_commits or bool(run.options.commit)
+
+    @staticmethod
+    def _plan(run: Run, pending: list[gitops.Commit]) -> phasecode.RevertPlan:
+        return phasecode.plan_revert(run.repo, [c.sha for c in pending],
+                                     phasecode.phase_code(phase_spec(run)))
+
+    def _revert_phase_code(self, run: Run, pending: list[gitops.Commit]) -> list[dict[str, Any]]:
+        """One commit taking back only the phase's files and hunks of its commits."""
+        phase = run.options.phase
+        plan = self._plan(run, pending)
+        for line in plan.describe():
+            run.note(f"code: {line}")
+        subjects = "; ".join(f"{c.short} {c.subject}" for c in pending)
+        trailers = "".join(f"{gitops.PHASE_REVERTED_TRAILER}: {phase} {c.sha}\n" for c in pending)
+        message = (f"Revert {phase}'s code of {pending[0].short}"
+                   + (f" and {len(pending) - 1} more" if len(pending) > 1 else "")
+                   + f"\n\nTakes back only {phase}'s files and hunks ([platform.phases.{phase}]) "
+                   f"of: {subjects}. The other phases of these commits stay.\n\n"
+                   f"{trailers}{gitops.RUN_TRAILER}: {run.run_id}\n")
+        sha = phasecode.apply_revert(run.repo, plan, message)
+        run.say(f"took back {phase}'s code of {subjects} -> {sha[:12]}")
+        return [{"sha": c.sha, "subject": c.subject, "revert": sha, "phase_only": True}
+                for c in pending]
 
     def run(self, run: Run) -> Done:
         repo = run.repo
@@ -405,6 +478,19 @@ class RevertCode(Step):
         reverted: list[dict[str, Any]] = [
             {"sha": sha, "subject": next((c.subject for c in history.commits if c.sha == sha), ""),
              "revert": made[sha]} for sha in made]
+        if pending and not self._whole(run):
+            try:
+                reverted += self._revert_phase_code(run, pending)
+            except gitops.RevertConflict as conflict:
+                gitops.restore_branch(repo, original_branch, original_head, branch)
+                run.undo_step(self.name, "revert conflict", forget=["rollback_branch"])
+                raise StepFailed(self._conflict_message(run, conflict, history)) from None
+            except StepFailed:
+                gitops.restore_branch(repo, original_branch, original_head, branch)
+                run.undo_step(self.name, "revert failed", forget=["rollback_branch"])
+                raise
+            run.remember(commits_reverted=reverted)
+            pending = []
         for commit in pending:
             try:
                 revert_sha = gitops.revert(repo, commit, run.run_id)
