@@ -1,0 +1,122 @@
+"""The drivers on the real platform's shape: FASE 1, 2 and 3 shipped in ONE commit, so each
+run takes back only its own phase's files and hunks (the profile's phase manifest), deploys
+through the stand-in `vercel`, and proves through the API that the other phases still work."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Sandbox, SandboxFactory
+from tests.test_drivers import Target, git, make_target
+
+pytestmark = pytest.mark.slow
+
+PHASE_SUBJECT = "^feat: FASE 1, 2 & 3 Complete"
+
+
+@pytest.fixture
+def tistis(sandbox_factory: SandboxFactory, tmp_path: Path) -> Iterator[Target]:
+    box = sandbox_factory.make(shape="tistis")
+    yield make_target(box, tmp_path / "t")
+    sandbox_factory.destroy(box)
+
+
+def _leads(box: Sandbox, key: str, **params: str) -> httpx.Response:
+    response = httpx.get(f"{box.api_base_url}/api/v1/leads", params={"pageSize": 1, **params},
+                         headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def _count(box: Sandbox, where: str = "") -> int:
+    return int(box.sql(f"SELECT count(*) FROM leads WHERE tenant_id = %s {where}",
+                       (box.tenant_id,))[0][0])
+
+
+def _branch_of_branch_key(box: Sandbox) -> str:
+    return str(box.sql("SELECT branch_id FROM api_keys WHERE name = 'Sandbox branch test key'")[0][0])
+
+
+def _files_changed(box: Sandbox) -> set[str]:
+    return set(git(box.repo, "show", "--name-only", "--format=", "HEAD").split())
+
+
+def _phase_commit(box: Sandbox) -> str:
+    return git(box.repo, "log", "--format=%H", f"--grep={PHASE_SUBJECT}")
+
+
+def _run(target: Target, *args: str) -> subprocess.CompletedProcess[str]:
+    done = target.rollback("run", *args, "--yes", timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    return done
+
+
+def test_fase3_then_2_then_1_each_take_back_only_their_phase(tistis: Target) -> None:
+    box = tistis.box
+    key, branch_key = box.keys["tenant"], box.keys["branch"]
+    own_branch = _branch_of_branch_key(box)
+    phase_commit = _phase_commit(box)
+
+    # FASE 3, option 2: the cache and the objects go; FASE 2's branch keys still hold
+    _run(tistis, "fase3", "--db-option", "2")
+    assert _files_changed(box) == {"app/api/analytics/branch_usage/route.py",
+                                   "app/api/v1/leads/route.py",
+                                   "docs/api/FASE_3_COMPLETION_REPORT.md",
+                                   "src/shared/lib/api_deprecation.py",
+                                   "src/shared/lib/branch_filter_cache.py"}
+    before = _leads(box, key).json()["total"]
+    box.sql("INSERT INTO leads (tenant_id, branch_id, phone, full_name) VALUES (%s, %s, %s, %s)",
+            (box.tenant_id, box.branch_id, "+520000000009", "written behind the API"))
+    assert _leads(box, key).json()["total"] == before + 1  # no cache serves the old total
+    assert box.sql("SELECT count(*) FROM pg_matviews WHERE matviewname = "
+                   "'mv_branch_performance_metrics'")[0][0] == 0
+    assert _leads(box, branch_key).json()["total"] == _count(box, f"AND branch_id = '{own_branch}'")
+    assert "Rollback-Phase-Reverted: fase3 " + phase_commit in git(box.repo, "log", "-1", "--format=%B")
+
+    # FASE 2: the former branch key reads every branch; FASE 1's filter still answers
+    _run(tistis, "fase2")
+    assert _files_changed(box) >= {"app/api/v1/leads/route.py", "src/shared/lib/api_key_auth.py"}
+    assert "src/lib/api/branch_query_filter.py" not in _files_changed(box)
+    assert box.sql("SELECT count(*) FROM api_keys WHERE scope_type = 'branch'")[0][0] == 0
+    assert _leads(box, branch_key).json()["total"] == _count(box)
+    filtered = _leads(box, key, branch_id=own_branch)
+    assert filtered.headers.get("X-Filtered-Branch-ID") == own_branch
+    assert filtered.json()["total"] == _count(box, f"AND branch_id = '{own_branch}'")
+
+    # FASE 1: the parameter is ignored again, with no FASE 1 header
+    _run(tistis, "fase1")
+    legacy = _leads(box, key, branch_id=own_branch)
+    assert "X-Filtered-Branch-ID" not in legacy.headers
+    assert "X-Branch-Filter-Warning" not in _leads(box, key).headers
+    assert legacy.json()["total"] == _count(box)
+    # the phase commit itself is still in history: each phase was taken back on its own
+    body = git(box.repo, "log", "--format=%B", f"{phase_commit}..HEAD")
+    for phase in ("fase1", "fase2", "fase3"):
+        assert f"Rollback-Phase-Reverted: {phase} {phase_commit}" in body
+    assert "This reverts commit" not in body
+    assert [r.state for r in tistis.runs()] == ["succeeded"] * 3
+
+
+def test_a_commit_carrying_other_phases_is_refused_naming_them(tistis: Target) -> None:
+    box = tistis.box
+    head = git(box.repo, "rev-parse", "HEAD")
+    done = tistis.rollback("run", "fase1", "--commit", _phase_commit(box)[:7], "--yes")
+    assert done.returncode == 2, done.stdout + done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "carries fase2, fase3 too" in line and "without --commit" in line, line
+    assert git(box.repo, "rev-parse", "HEAD") == head and git(box.repo, "status", "--porcelain") == ""
+
+
+def test_the_plan_names_every_hunk_and_what_stays(tistis: Target) -> None:
+    done = tistis.rollback("plan", "fase2")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "take back 1 of 3 hunk(s) in app/api/v1/leads/route.py" in text
+    assert '"# FASE 2:' in text and 'stays in place: @@' in text and '"# FASE 1:' in text
+    assert "changed since by:" in text
+    assert "supabase/migrations/135_ADD_BRANCH_CONTEXT_TO_API_KEYS.sql" in text  # stays
