@@ -254,12 +254,21 @@ def test_plan_lists_commits_keys_per_tenant_and_objects(sandbox: Sandbox, tmp_pa
 
 def test_commit_option_overrides_the_trailer_search(sandbox: Sandbox, tmp_path: Path) -> None:
     target = make_target(sandbox, tmp_path)
-    fase2 = git(sandbox.repo, "log", "--format=%H", "--grep", "Rollback-Phase: fase2")
-    planned = json.loads(target.rollback("plan", "fase1", "--commit", fase2[:10], "--json").stdout)
+    baseline = git(sandbox.repo, "rev-list", "--max-parents=0", "HEAD")
+    planned = json.loads(target.rollback("plan", "fase1", "--commit", baseline[:10], "--json").stdout)
     code = next(s for s in planned["steps"] if s["name"] == "code")
-    assert code["data"]["commits"] == [fase2]
+    assert code["data"]["commits"] == [baseline]
     unknown = target.rollback("plan", "fase1", "--commit", "0badc0de")
     assert unknown.returncode == 2 and "no such commit" in unknown.stderr
+
+
+def test_commit_option_naming_another_phases_commit_is_refused(sandbox: Sandbox,
+                                                                tmp_path: Path) -> None:
+    target = make_target(sandbox, tmp_path)
+    fase2 = git(sandbox.repo, "log", "--format=%H", "--grep", "Rollback-Phase: fase2")
+    refused = target.rollback("plan", "fase1", "--commit", fase2[:10])
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "carries fase2 too" in refused.stderr and "without --commit" in refused.stderr
 
 
 def test_run_without_a_terminal_needs_yes(sandbox: Sandbox, tmp_path: Path) -> None:
