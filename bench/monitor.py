@@ -46,11 +46,9 @@ def target_environment(work: Path) -> Iterator[dict[str, str]]:
 
     print("no API_BASE_URL/TEST_API_KEY: starting a sandbox of its own ...", flush=True)
     root = work / "sandbox"
-    control.up(root, log=lambda line: None)
+    control.up(root, shape="contract", log=lambda line: None)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLBACK_")}
-    for line in control.env_lines(root):
-        name, value = line.removeprefix("export ").split("=", 1)
-        env[name] = value.strip("'")
+    env.update(control.env_values(root))
     try:
         yield env
     finally:

@@ -4,7 +4,6 @@ the start-up figure) and always stopped again, whatever happens in between."""
 from __future__ import annotations
 
 import contextlib
-import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -42,9 +41,7 @@ class Sandbox:
     def env(self, **extra: str) -> dict[str, str]:
         """A clean environment pointing at this sandbox, as `eval "$(rollback sandbox env)"` does."""
         env = clean_env()
-        for line in control.env_lines(self.root):
-            name, value = line.removeprefix("export ").split("=", 1)
-            env[name] = shlex.split(value)[0] if value else ""
+        env.update(control.env_values(self.root, env.get("PATH", "")))
         env.update(extra)
         return env
 
@@ -67,7 +64,8 @@ def running(root: Path, *, keys: int | None = None, timeout_s: float = 300) -> I
         raise BenchError(f"{root} is too deep for PostgreSQL's socket ({socket} is over "
                          f"{SOCKET_PATH_MAX} bytes): give a shorter --work folder")
     root.parent.mkdir(parents=True, exist_ok=True)
-    command = [*rollback_command(), "sandbox", "up", "--dir", str(root)]
+    # the benchmarks and their plain-script floors are written for the contract shape
+    command = [*rollback_command(), "sandbox", "up", "--shape", "contract", "--dir", str(root)]
     if keys:
         command += ["--keys", str(keys)]
     try:

@@ -49,8 +49,9 @@ def sandbox() -> None:
 @click.option("--database-url", help="Use this PostgreSQL instead of the embedded one (never DATABASE_URL).")
 @click.option("--reset", is_flag=True, help="Rebuild: drop what the database or folder holds.")
 @click.option("--shape", type=click.Choice(["contract", "tistis"]),
-              help="contract: as the API reference describes the platform (the default for a new "
-                   "sandbox); tistis: as its repository has it (Supabase, real history, Vercel).")
+              help="tistis: the platform as its repository has it (Supabase RLS and triggers, the "
+                   "real history, Vercel), the default for a new sandbox; contract: as the API "
+                   "reference describes it. An existing sandbox keeps its shape.")
 @edge
 def sandbox_up(root: Path, port: int | None, tenants: int, keys: int | None, seed_value: int,
                database_url: str | None, reset: bool, shape: str | None) -> None:
@@ -60,7 +61,7 @@ def sandbox_up(root: Path, port: int | None, tenants: int, keys: int | None, see
     Example:
       rollback sandbox up --tenants 50 --seed 42
       rollback sandbox up --keys 1000000 --reset
-      rollback sandbox up --shape tistis --dir /tmp/tistis
+      rollback sandbox up --shape contract --dir /tmp/contract
     """
     from sandbox import control
 
@@ -206,8 +207,12 @@ def validate(selection: str, gate: bool, expected_version: str | None, run_conte
               default=Path(".sandbox-demo"), show_default=True,
               help="Folder of the demo's own sandbox (rebuilt at every demo).")
 @click.option("--keep", is_flag=True, help="Leave the sandbox running afterwards.")
+@click.option("--shape", type=click.Choice(["tistis", "contract"]), default="tistis",
+              show_default=True,
+              help="tistis: the platform as deployed (FASE 1-3 in one commit, Supabase, Vercel); "
+                   "contract: as its API reference describes it.")
 @edge
-def demo(root: Path, keep: bool) -> None:
+def demo(root: Path, keep: bool, shape: str) -> None:
     """Rehearse it all on a fresh sandbox: plan FASE 3, then roll back FASE 3, 2 and 1, each gated.
 
     Ends with a table of phase, duration, gate result, report and communication files.
@@ -215,6 +220,7 @@ def demo(root: Path, keep: bool) -> None:
     \b
     Example:
       rollback demo
+      rollback demo --shape contract
       rollback demo --keep && eval "$(rollback sandbox env --dir .sandbox-demo)"
     """
     import time
@@ -230,7 +236,7 @@ def demo(root: Path, keep: bool) -> None:
 
     ui = library.PrefixUi(say)
     results = []
-    with library.demo_sandbox(root, keep, lambda line: say(line, "dim")):
+    with library.demo_sandbox(root, keep, lambda line: say(line, "dim"), shape):
         settings = library.use_sandbox(root)
         out.rule("What `rollback run fase3 --db-option 2` would do")
         library.plan_text(settings, ui)
@@ -238,7 +244,7 @@ def demo(root: Path, keep: bool) -> None:
             out.rule(f"rollback run {phase} --yes" + (f" --db-option {option}" if phase == "fase3" else ""))
             results.append(library.rollback_phase(settings, phase, option, ui))
     table = Table(title=f"rollback demo: {len(results)} phases rolled back in "
-                        f"{time.monotonic() - started:.0f} s")
+                        f"{time.monotonic() - started:.0f} s ({shape} shape)")
     for column in ("phase", "duration", "gate", "report", "communication"):
         table.add_column(column, overflow="fold")
     for r in results:

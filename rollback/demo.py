@@ -10,7 +10,6 @@ production (the sandbox has no traffic to settle); everything else runs as it wo
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -59,9 +58,7 @@ def use_sandbox(root: Path) -> Settings:
     environment), and return the settings it gives, with the demo's gate."""
     from sandbox import control
 
-    for line in control.env_lines(root):
-        name, value = line.removeprefix("export ").split("=", 1)
-        os.environ[name] = shlex.split(value)[0] if value else ""
+    os.environ.update(control.env_values(root))
     # the runs' journals belong with the sandbox they changed, not with production's logs/
     logs = root.resolve() / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -69,11 +66,12 @@ def use_sandbox(root: Path) -> Settings:
 
 
 @contextmanager
-def demo_sandbox(root: Path, keep: bool, log: Callable[[str], None]) -> Iterator[Path]:
+def demo_sandbox(root: Path, keep: bool, log: Callable[[str], None],
+                 shape: str = "tistis") -> Iterator[Path]:
     from sandbox import control
 
-    state, _ = control.up(root, reset=True, log=log)
-    log(f"sandbox up at {state.api_base_url} (dir {state.dir}), FASE 1-3 deployed")
+    state, _ = control.up(root, reset=True, shape=shape, log=log)
+    log(f"sandbox up at {state.api_base_url} (dir {state.dir}, {shape} shape), FASE 1-3 deployed")
     try:
         yield root
     finally:

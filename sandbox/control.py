@@ -1,12 +1,13 @@
 """Bring the sandbox platform up and down: PostgreSQL, the platform's git repo, and its API server.
 
-Two shapes. `contract` (the default): the platform as its API reference describes it, the
-server running from the checkout, `rollback sandbox deploy` restarting it. `tistis`: the
-platform as its repository has it (Supabase roles and row level security, the real history,
-the real routes and codes), deployed like Vercel: each deployment is a snapshot of a commit
-under `vercel/deployments/`, and production is switched between them by `bin/vercel` (see
-sandbox/vercel.py). The tistis API connects as `service_role` (BYPASSRLS, like the real
-service key); DATABASE_URL stays the superuser's, like Supabase's direct connection.
+Two shapes. `contract`: the platform as its API reference describes it, the server running
+from the checkout, `rollback sandbox deploy` restarting it. `tistis` (the default for a new
+sandbox, because it is what production looks like): the platform as its repository has it
+(Supabase roles and row level security, the real history, the real routes and codes),
+deployed like Vercel: each deployment is a snapshot of a commit under `vercel/deployments/`,
+and production is switched between them by `bin/vercel` (see sandbox/vercel.py). The tistis
+API connects as `service_role` (BYPASSRLS, like the real service key); DATABASE_URL stays the
+superuser's, like Supabase's direct connection.
 
 Everything lives in one folder (default `.sandbox/`):
 
@@ -54,6 +55,8 @@ DEFAULT_DIR = Path(".sandbox")
 DATABASE = "platform"
 START_TIMEOUT_S = 30.0
 SHAPES = ("contract", "tistis")
+#: a new sandbox looks like production unless asked otherwise: rehearsals on the real shape
+DEFAULT_SHAPE = "tistis"
 SERVICE_ROLE = "service_role"
 BOOTSTRAP_SQL = repo.LAYERS / "tistis" / "supabase" / "bootstrap.sql"
 
@@ -336,7 +339,7 @@ def up(
     """Start the sandbox. Returns the state and whether anything new was started.
 
     `shape` is "contract" or "tistis"; None keeps an existing sandbox's shape (a new one is
-    contract). An existing sandbox of another shape is rebuilt only with `reset`.
+    DEFAULT_SHAPE, tistis). An existing sandbox of another shape is rebuilt only with `reset`.
     """
     root = root.resolve()
     if shape is not None and shape not in SHAPES:
@@ -384,7 +387,7 @@ def up(
             _reset_database(database_url)
         state = State(dir=str(root), api_port=port or free_port(), database_url=database_url, embedded=False)
     state.tenants, state.seed = tenants, seed_value
-    state.shape = shape or "contract"
+    state.shape = shape or DEFAULT_SHAPE
     state.save()
     if state.shape == "tistis":
         head = repo.build_tistis(state.checkout, root / "origin.git")
@@ -466,11 +469,8 @@ def down(root: Path = DEFAULT_DIR) -> bool:
     return True
 
 
-def env_lines(root: Path = DEFAULT_DIR) -> list[str]:
-    """`export` lines that point every later command at the sandbox; for tistis also PATH, so
-    that `vercel` is the sandbox's stand-in."""
-    state = require(root)
-    values = {
+def _exported(state: State) -> dict[str, str]:
+    return {
         "API_BASE_URL": state.api_base_url,
         "TEST_API_KEY": state.keys.get("tenant", ""),
         "TEST_BRANCH_API_KEY": state.keys.get("branch", ""),
@@ -479,10 +479,27 @@ def env_lines(root: Path = DEFAULT_DIR) -> list[str]:
         "DATABASE_URL": state.database_url,
         "ROLLBACK_CONFIG": str(state.config_file),
     }
-    lines = [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+
+
+def env_lines(root: Path = DEFAULT_DIR) -> list[str]:
+    """`export` lines that point every later command at the sandbox; for tistis also PATH, so
+    that `vercel` is the sandbox's stand-in."""
+    state = require(root)
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in _exported(state).items()]
     if state.shape == "tistis":
         lines.append(f'export PATH={shlex.quote(str(state.bin_dir))}:"$PATH"')
     return lines
+
+
+def env_values(root: Path = DEFAULT_DIR, path: str | None = None) -> dict[str, str]:
+    """What `eval "$(rollback sandbox env)"` sets, as values: for a program that builds the
+    environment of its children itself. `path` is the PATH to extend (default: this one's)."""
+    state = require(root)
+    values = _exported(state)
+    if state.shape == "tistis":
+        rest = os.environ.get("PATH", "") if path is None else path
+        values["PATH"] = f"{state.bin_dir}:{rest}" if rest else str(state.bin_dir)
+    return values
 
 
 def status(root: Path = DEFAULT_DIR) -> dict[str, Any]:

@@ -84,10 +84,7 @@ class Sandbox:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment `eval "$(rollback sandbox env)"` would give, for a subprocess."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ROLLBACK_"))}
-        for line in control.env_lines(self.dir):
-            name, value = line.removeprefix("export ").split("=", 1)
-            # the tistis sandbox puts its stand-in `vercel` first: PATH=<bin>:"$PATH"
-            env[name] = _unquote(value).replace("$PATH", os.environ.get("PATH", ""))
+        env.update(control.env_values(self.dir))
         env.update(extra)
         return env
 
@@ -114,13 +111,6 @@ class Sandbox:
             yield
         finally:
             self.chaos_file.unlink(missing_ok=True)
-
-
-def _unquote(value: str) -> str:
-    import shlex
-
-    parts = shlex.split(value)
-    return parts[0] if parts else ""
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, input: str | None = None,
@@ -150,6 +140,7 @@ class SandboxFactory:
         name = f"sandbox_{os.getpid()}_{self.count}"
         with psycopg.connect(self.cluster.url(), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        options.setdefault("shape", "contract")  # the tests' own default: the API reference's
         state, _ = control.up(self.base / name, database_url=self.cluster.url(name),
                               log=lambda line: None, **options)
         return Sandbox(state)

@@ -36,7 +36,7 @@ def _processes_under(folder: Path) -> list[psutil.Process]:
 @pytest.mark.timeout(120)
 def test_embedded_sandbox_from_up_to_down_leaves_no_process(tmp_path: Path) -> None:
     folder = tmp_path / "sbx"
-    up = run_cli("sandbox", "up", "--dir", str(folder), "--tenants", "8")
+    up = run_cli("sandbox", "up", "--shape", "contract", "--dir", str(folder), "--tenants", "8")
     try:
         assert up.returncode == 0, up.stderr
         assert "sandbox up at http://127.0.0.1:" in up.stdout
