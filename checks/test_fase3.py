@@ -117,7 +117,7 @@ def test_created_lead_is_listed_at_once(api: httpx.Client, profile: Profile,
     within the cache's TTL; a response cache would serve the old total."""
     path = profile.leads_path
     before = expect_total(get(api, path, params={"pageSize": 1}, evidence=evidence))
-    created = api.post(path, json={"phone": "+520000000001",
+    created = api.post(path, json={"phone": f"+52{uuid.uuid4().int % 10**10:010d}",
                                    "name": f"rollback-cache-probe-{uuid.uuid4().hex[:8]}"})
     evidence.request(created, "write probe")
     expect_status(created, 201, "the write probe could not create a lead")

@@ -24,7 +24,7 @@ def test_lead_can_be_created(api: httpx.Client, profile: Profile, evidence: Evid
     marker = f"rollback-validation-{uuid.uuid4().hex[:8]}"
     path = profile.leads_path
     # no `source`: the real platform CHECKs it against its own list and defaults it
-    response = api.post(path, json={"phone": "+520000000000", "name": marker})
+    response = api.post(path, json={"phone": f"+52{uuid.uuid4().int % 10**10:010d}", "name": marker})
     evidence.request(response)
     expect_status(response, 201, "clients cannot create leads")
     created = expect_json(response).get("data", {})
