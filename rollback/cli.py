@@ -195,6 +195,8 @@ def validate(selection: str, gate: bool, expected_version: str | None, run_conte
                                 reports_root=reports_root or settings.paths.reports_dir,
                                 gate=gate, extra_args=extra, run_context=run_context,
                                 echo=sys.stdout)
+    if result.usage_error:  # pytest said why it checked nothing, above; no "0 passed" summary
+        sys.exit(result.exit_code)
     (out if result.healthy else err).print(result.summary(), soft_wrap=True)
     sys.exit(result.exit_code)
 

@@ -111,6 +111,9 @@ def _once(settings: Any, pushgateway: str | None, verbose: bool) -> None:
     with sigterm_as_interrupt():  # a stopped job stops its checks too, and says so (exit 130)
         result = run_validation("health", reports_root=settings.paths.reports_dir,
                                 echo=sys.stdout if verbose else None, timeout_s=budget)
+    if result.usage_error:  # nothing was checked: say why in one line (exit 2)
+        err.print(f"error: {escape(result.usage_error)}", soft_wrap=True)
+        sys.exit(result.exit_code)
     for check in result.checks:
         if check.verdict == "fail":
             out.print(f"[bold red]FAIL[/] {escape(check.nodeid)}: {escape(check.message)}", soft_wrap=True)

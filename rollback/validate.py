@@ -71,6 +71,9 @@ class ValidationResult:
     log: Path
     duration_s: float
     checks: tuple[CheckResult, ...] = field(default=(), repr=False)
+    #: pytest's one-line reason when it refused to run the checks at all (bad settings, a
+    #: database role that row level security blinds): exit code 2
+    usage_error: str | None = None
 
     def _count(self, *verdicts: str) -> int:
         return sum(1 for c in self.checks if c.verdict in verdicts)
@@ -238,6 +241,11 @@ def run_validation(
             if timer is not None:
                 timer.cancel()
     checks = read_junit(junit)
+    usage = None
+    if code == 4:
+        usage = next((line.removeprefix("ERROR: ").strip() for line in
+                      log.read_text(encoding="utf-8", errors="replace").splitlines()
+                      if line.startswith("ERROR: ")), None)
     return ValidationResult(
         exit_code=_EXIT_CODES.get(code, 1),
         pytest_exit_code=code,
@@ -249,4 +257,5 @@ def run_validation(
         log=log,
         duration_s=time.perf_counter() - started,
         checks=checks,
+        usage_error=usage,
     )
