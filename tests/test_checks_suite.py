@@ -1,4 +1,5 @@
-"""The validation suite as a whole against the real sandbox: verdicts, gate, reports, xdist, usage.
+"""The validation suite as a whole against the real sandbox, of both shapes: verdicts, gate,
+reports, xdist, usage.
 
 Each test runs the suite the way the CLI does, through `rollback.validate.run_validation` (a
 `python -m pytest` subprocess), and reads the verdicts back from its JUnit file.
@@ -6,6 +7,7 @@ Each test runs the suite the way the CLI does, through `rollback.validate.run_va
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.parse
@@ -14,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from rollback.errors import UsageError
+from rollback.profile import SHIPPED, Profile
 from rollback.validate import TOOLKIT_ROOT, ValidationResult, run_validation
+from tests.conftest import Sandbox
 
 pytestmark = pytest.mark.slow
 
@@ -23,13 +27,21 @@ def verdicts(result: ValidationResult) -> dict[str, str]:
     return {c.nodeid: c.verdict for c in result.checks}
 
 
-def test_healthy_sandbox_passes_every_health_check_under_the_gate(sandbox, tmp_path: Path) -> None:
+def health_checks(profile: Profile) -> int:
+    """How many health checks pass on a healthy target with TEST_API_KEY and DATABASE_URL:
+    28 about the API as a whole and the database, 6 per list endpoint (shape, pagination,
+    total against the database, two isolation checks, p95)."""
+    return 28 + 6 * len(profile.resources)
+
+
+def test_healthy_sandbox_passes_every_health_check_under_the_gate(any_sandbox: Sandbox,
+                                                                  tmp_path: Path) -> None:
     # A short traffic window: real traffic that other tests caused on this sandbox is not ours.
-    result = run_validation("health", reports_root=tmp_path, gate=True, env=sandbox.env(),
+    result = run_validation("health", reports_root=tmp_path, gate=True, env=any_sandbox.env(),
                             extra_args=["--traffic-window", "0.05"])
     bad = {c.nodeid: c.message for c in result.checks if c.verdict in ("fail", "skip")}
     assert result.exit_code == 0 and not bad, bad or result.log.read_text()
-    assert result.passed >= 40 and result.failed == 0
+    assert result.passed == health_checks(any_sandbox.profile) and result.failed == 0
     # What the gate accepts without failing: optional input absent, nothing to judge.
     assert {c.nodeid.split("::")[1] for c in result.checks if c.verdict == "inconclusive"} <= {
         "test_deployed_version_is_expected", "test_real_traffic_error_rate_is_below_limit",
@@ -37,9 +49,12 @@ def test_healthy_sandbox_passes_every_health_check_under_the_gate(sandbox, tmp_p
     }
 
 
-def test_fase2_selection_collects_at_least_25_checks() -> None:
+@pytest.mark.parametrize("profile", SHIPPED)
+def test_fase2_selection_collects_at_least_25_checks(profile: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ROLLBACK_"))}
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "fase2"],
-                          cwd=TOOLKIT_ROOT, capture_output=True, text=True, check=False)
+                          cwd=TOOLKIT_ROOT, capture_output=True, text=True, check=False,
+                          env={**env, "ROLLBACK_PROFILE": profile})
     collected = [line for line in done.stdout.splitlines() if line.startswith("checks/")]
     assert len(collected) >= 25, done.stdout[-2000:]
     assert any("test_fase2.py" in line for line in collected)
@@ -47,33 +62,36 @@ def test_fase2_selection_collects_at_least_25_checks() -> None:
     assert not any("test_fase1.py" in line or "test_fase3.py" in line for line in collected)
 
 
-def test_crossing_warn_threshold_passes_with_warnings_everywhere(sandbox, tmp_path: Path) -> None:
-    result = run_validation("health", reports_root=tmp_path, env=sandbox.env(),
+def test_crossing_warn_threshold_passes_with_warnings_everywhere(any_sandbox: Sandbox,
+                                                                 tmp_path: Path) -> None:
+    result = run_validation("health", reports_root=tmp_path, env=any_sandbox.env(),
                             extra_args=["--warn-ms", "0.01", "-k", "latency"])
     assert result.exit_code == 0, result.log.read_text()
     warned = [c for c in result.checks if c.verdict == "warn"]
-    assert len(warned) == 3
+    endpoints = len(any_sandbox.profile.endpoints)
+    assert len(warned) == endpoints
     assert all("> warn 0.01 ms" in c.warnings[0] and "over 20 requests" in c.warnings[0]
                for c in warned)
     console = result.log.read_text()
-    assert "3 warned" in console and "checks that passed with a warning" in console
+    assert f"{endpoints} warned" in console and "checks that passed with a warning" in console
     html = result.html.read_text()
     assert "Passed (warn)" in html and "passed with a warning" in html
     assert "&lt;svg" in html or "<svg" in html  # the latency chart, inline
 
 
-def test_crossing_alert_threshold_fails(sandbox, tmp_path: Path) -> None:
-    result = run_validation("health", reports_root=tmp_path, env=sandbox.env(),
+def test_crossing_alert_threshold_fails(any_sandbox: Sandbox, tmp_path: Path) -> None:
+    profile = any_sandbox.profile
+    result = run_validation("health", reports_root=tmp_path, env=any_sandbox.env(),
                             extra_args=["--warn-ms", "0.01", "--alert-ms", "0.02", "-k", "latency"])
     assert result.exit_code == 1
-    assert result.failed == 3
-    assert "> alert 0.02 ms over 20 requests to /v1/leads" in result.check(
+    assert result.failed == len(profile.endpoints)
+    assert f"> alert 0.02 ms over 20 requests to {profile.leads_path}" in result.check(
         "test_p95_latency_is_within_limits[leads]").message
 
 
-def test_missing_secrets_skip_and_name_the_variable_and_fail_the_gate(sandbox, tmp_path: Path
-                                                                      ) -> None:
-    env = sandbox.env()
+def test_missing_secrets_skip_and_name_the_variable_and_fail_the_gate(any_sandbox: Sandbox,
+                                                                      tmp_path: Path) -> None:
+    env = any_sandbox.env()
     del env["TEST_API_KEY"], env["DATABASE_URL"]
     relaxed = run_validation("health", reports_root=tmp_path, env=env, extra_args=["-k", "auth or orphaned"])
     assert relaxed.exit_code == 0
@@ -88,20 +106,21 @@ def test_missing_secrets_skip_and_name_the_variable_and_fail_the_gate(sandbox, t
     assert gated.check("test_missing_key_is_rejected").verdict == "pass"  # needs no secret
 
 
-def test_xdist_gives_the_same_verdicts(sandbox, tmp_path: Path) -> None:
+def test_xdist_gives_the_same_verdicts(any_sandbox: Sandbox, tmp_path: Path) -> None:
     args = ["--warn-ms", "0.01", "-k", "not real_traffic"]  # every latency check warns, always
-    serial = run_validation("fase2", reports_root=tmp_path, env=sandbox.env(), extra_args=args)
-    parallel = run_validation("fase2", reports_root=tmp_path, env=sandbox.env(),
+    serial = run_validation("fase2", reports_root=tmp_path, env=any_sandbox.env(), extra_args=args)
+    parallel = run_validation("fase2", reports_root=tmp_path, env=any_sandbox.env(),
                               extra_args=[*args, "-n", "2"])
     assert verdicts(serial) == verdicts(parallel)
     assert serial.exit_code == parallel.exit_code == 1  # FASE 2 is not rolled back here
 
 
-def test_reports_hold_no_secret(sandbox, tmp_path: Path) -> None:
-    env = sandbox.env()
+def test_reports_hold_no_secret(any_sandbox: Sandbox, tmp_path: Path) -> None:
+    env = any_sandbox.env()
     result = run_validation("all", reports_root=tmp_path, env=env, extra_args=["-l"])
     secrets = [env["TEST_API_KEY"], env["TEST_BRANCH_API_KEY"], env["TEST_REVOKED_API_KEY"],
-               urllib.parse.urlsplit(env["DATABASE_URL"]).password]
+               env["TEST_EXPIRED_API_KEY"], urllib.parse.urlsplit(env["DATABASE_URL"]).password]
+    assert all(secrets)
     files = [p for p in result.report_dir.rglob("*") if p.is_file()]
     assert result.html in files and result.junit_xml in files and result.log in files
     assert any(p.parent == result.allure_results for p in files)
@@ -111,12 +130,13 @@ def test_reports_hold_no_secret(sandbox, tmp_path: Path) -> None:
         assert not leaked, f"{path.name} holds secrets ending {leaked}"
 
 
-def test_plain_pytest_leaves_an_html_report_under_reports(sandbox, tmp_path: Path) -> None:
+def test_plain_pytest_leaves_an_html_report_under_reports(any_sandbox: Sandbox,
+                                                         tmp_path: Path) -> None:
     # [paths] reports_dir (default "reports") points at tmp_path, to leave the repo clean.
     config = tmp_path / "rollback.toml"
-    config.write_text(sandbox.config_file.read_text() + f'\n[paths]\nreports_dir = "{tmp_path}"\n')
+    config.write_text(any_sandbox.config_file.read_text() + f'\n[paths]\nreports_dir = "{tmp_path}"\n')
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "fase2", "-k", "reachable"],
-                          cwd=TOOLKIT_ROOT, env=sandbox.env(ROLLBACK_CONFIG=str(config)),
+                          cwd=TOOLKIT_ROOT, env=any_sandbox.env(ROLLBACK_CONFIG=str(config)),
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout[-2000:]
     reports = list(tmp_path.glob("*-pytest/report.html"))
@@ -124,7 +144,8 @@ def test_plain_pytest_leaves_an_html_report_under_reports(sandbox, tmp_path: Pat
     assert f"Generated html report: {reports[0].as_uri()}" in done.stdout
 
 
-def test_bad_usage_exits_2(sandbox, tmp_path: Path) -> None:
+def test_bad_usage_exits_2(any_sandbox: Sandbox, tmp_path: Path) -> None:
+    sandbox = any_sandbox
     with pytest.raises(UsageError, match="unknown selection"):
         run_validation("fase4", reports_root=tmp_path)  # type: ignore[arg-type]
     nothing = run_validation("fase1", reports_root=tmp_path, env=sandbox.env(),
@@ -136,7 +157,8 @@ def test_bad_usage_exits_2(sandbox, tmp_path: Path) -> None:
     assert "warn_ms (2000) must be below alert_ms (1000)" in contradiction.log.read_text()
 
 
-def test_hung_api_fails_in_bounded_time(sandbox, tmp_path: Path) -> None:
+def test_hung_api_fails_in_bounded_time(any_sandbox: Sandbox, tmp_path: Path) -> None:
+    sandbox = any_sandbox
     config = tmp_path / "rollback.toml"
     config.write_text(sandbox.config_file.read_text() + "request_timeout_s = 0.5\n"
                       "\n[thresholds]\ncheck_timeout_s = 5\n")
