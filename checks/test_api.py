@@ -81,15 +81,15 @@ def test_deployed_version_is_expected(health: httpx.Response, suite: SuiteConfig
     if profile.version.source == "none":
         inconclusive(f"profile {profile.name} names no source of the deployed version "
                      "([platform.version] source = \"none\"): the deploy cannot be confirmed here")
+    source = profile.version.describe(suite.settings.target.api_base_url)
     try:
         version = deployed_version(profile, suite.settings.target.api_base_url,
                                    expect_json(health) if profile.version.source == "health_field"
                                    else None, health.headers)
     except VersionUnknown as exc:
-        pytest.fail(f"the deployed version cannot be read from {profile.version.describe()}: {exc}",
-                    pytrace=False)
-    evidence.record(expected=expected, reported=version, source=profile.version.describe())
+        pytest.fail(f"the deployed version cannot be read from {source}: {exc}", pytrace=False)
+    evidence.record(expected=expected, reported=version, source=source)
     assert version is not None and version_matches(version, expected), (
-        f"{profile.version.describe()} reports version {version!r}, expected {expected!r}: the "
+        f"{source} reports version {version!r}, expected {expected!r}: the "
         "rollback's deploy is not live (still deploying, or the old build is serving)"
     )

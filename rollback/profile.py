@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rollback.errors import ConfigError
+
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 SHIPPED = ("contract", "tistis")
 DEFAULT_PROFILE = "contract"
@@ -132,10 +134,16 @@ class VersionSource(_Part):
                 raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from None
         return self
 
-    def describe(self) -> str:
+    def describe(self, api_base_url: str | None = None) -> str:
+        command = self.command_for(api_base_url) if api_base_url else self.command
         return {"health_field": f"the health body's {self.field!r}",
                 "header": f"the health answer's {self.header} header",
-                "command": f"`{self.command}`", "none": "nothing"}[self.source]
+                "command": f"`{command}`", "none": "nothing"}[self.source]
+
+    def command_for(self, api_base_url: str) -> str:
+        """The command with `{api_base_url}` and `{api_host}` filled in."""
+        host = urlsplit(api_base_url).netloc
+        return (self.command or "").replace("{api_base_url}", api_base_url).replace("{api_host}", host)
 
 
 class Tables(_Part):
@@ -270,13 +278,18 @@ class Profile(_Part):
     def _has_resources(self) -> Profile:
         if not self.resources:
             raise ValueError("name at least one list endpoint under [[platform.resources]]")
-        missing = [p for p in PHASE_NAMES if p not in self.phases]
-        if missing:
-            raise ValueError(f"the phase manifest lacks {', '.join(missing)}: add "
-                             f"[platform.phases.{missing[0]}]")
+        unknown = sorted(set(self.phases) - set(PHASE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown phase {unknown[0]!r} in the manifest: the phases are "
+                             f"{', '.join(PHASE_NAMES)}")
         return self
 
     def phase(self, name: str) -> PhaseSpec:
+        """The manifest's entry for `name`; a rollback of a phase it lacks is refused."""
+        if name not in self.phases:
+            raise ConfigError(f"profile {self.name} has no [platform.phases.{name}]: say how its "
+                              "commits are found (find = { trailer = ... }, or subject, or commits) "
+                              "and which files and hunks are its")
         return self.phases[name]
 
     @property
@@ -390,8 +403,7 @@ def deployed_version(profile: Profile, api_base_url: str, health_body: object = 
 
 def _version_from_command(source: VersionSource, api_base_url: str) -> str:
     assert source.command is not None
-    host = urlsplit(api_base_url).netloc
-    command = source.command.replace("{api_base_url}", api_base_url).replace("{api_host}", host)
+    command = source.command_for(api_base_url)
     try:
         done = subprocess.run(shlex.split(command), capture_output=True, text=True,
                               timeout=source.timeout_s, check=False, stdin=subprocess.DEVNULL)

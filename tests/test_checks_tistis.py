@@ -227,10 +227,6 @@ def test_staleness_check_sees_the_live_cache_and_passes_after_rollback(fresh_tis
     assert verdicts(gone) == {staleness: "pass", "test_created_lead_is_listed_at_once": "pass"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product limitation: the tistis cache (src/shared/lib/branch_filter_cache.py, after_write) "
-    "drops the tenant's cached leads on every POST, so the write probe's own POST clears the "
-    "cache it is meant to catch; only the staleness check sees this cache"))
 def test_write_probe_fails_while_the_cache_is_live(tistis_sandbox: Sandbox, tmp_path: Path) -> None:
     try:
         result = validate(tistis_sandbox, tmp_path, "fase3", "-k", "listed_at_once",

@@ -162,3 +162,32 @@ def test_version_from_the_health_body_and_header() -> None:
 def test_versions_match_in_full_or_by_a_7_character_prefix(reported: str, expected: str,
                                                             same: bool) -> None:
     assert version_matches(reported, expected) is same
+
+
+def test_a_profile_without_a_phase_manifest_validates_but_refuses_a_rollback(tmp_path: Path) -> None:
+    (tmp_path / "mine.toml").write_text(
+        'name = "mine"\n[[resources]]\nname = "orders"\ntable = "orders"\n')
+    settings = _settings(tmp_path, '[platform]\nprofile = "mine.toml"\n')
+    with pytest.raises(ConfigError, match=r"has no \[platform.phases.fase2\]"):
+        settings.platform.phase("fase2")
+
+
+def test_the_shipped_manifests_find_their_phases() -> None:
+    contract, tistis = load_profile("contract"), load_profile("tistis")
+    assert {p.find.trailer for p in contract.phases.values()} == {"Rollback-Phase"}
+    assert all(p.whole_commits for p in contract.phases.values())
+    assert {p.find.subject for p in tistis.phases.values()} == {"^feat: FASE 1, 2 & 3 Complete"}
+    assert not any(p.whole_commits for p in tistis.phases.values())
+    assert [tistis.phase(n).database for n in ("fase1", "fase2", "fase3")] == [
+        "none", "convert_branch_keys", "drop_objects"]
+
+
+@pytest.mark.parametrize(("toml", "says"), [
+    ('[platform.phases.fase4]\nfind = { trailer = "X" }\n', "unknown phase 'fase4'"),
+    ('[platform.phases.fase1]\nfind = { trailer = "" }\n', "say how to find the phase's commits"),
+    ('[platform.phases.fase1]\nfind = { subject = "(" }\n', "is not a regular expression"),
+])
+def test_a_bad_manifest_is_refused_in_one_line(tmp_path: Path, toml: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _settings(tmp_path, toml)
+    assert says in str(caught.value) and "\n" not in str(caught.value), str(caught.value)

@@ -591,8 +591,12 @@ class Deploy(Step):
             "push": f"push {run.rollback_branch} to {target.remote} as {target.branch}",
             "manual": "ask an operator to deploy the rollback branch and confirm",
         }[target.deploy_mode]
-        return self.plan([how, f"then poll {target.api_base_url}/health until it reports the "
-                          f"reverted commit (timeout {target.deploy_timeout_s:g} s)"],
+        version = run.settings.platform.version
+        wait = (f"then wait until {version.describe(target.api_base_url)} reports the reverted "
+                f"commit (timeout {target.deploy_timeout_s:g} s)" if version.source != "none" else
+                f"then wait until the API is healthy (timeout {target.deploy_timeout_s:g} s); the "
+                "profile names no version source, so the deploy itself cannot be confirmed")
+        return self.plan([how, wait],
                          {"mode": target.deploy_mode, "command": target.deploy_command,
                           "timeout_s": target.deploy_timeout_s})
 
@@ -626,7 +630,7 @@ class Deploy(Step):
         remaining = max(1.0, target.deploy_timeout_s - (time.monotonic() - started))
         seen = wait_for_version(run, expected, remaining)
         if not seen.available or (version_known(run) and not _same_version(seen.version, expected)):
-            source = run.settings.platform.version.describe()
+            source = run.settings.platform.version.describe(target.api_base_url)
             raise self._failed(run, f"{source} did not report {expected[:12]} within "
                                     f"{target.deploy_timeout_s:g} s (last: {seen.describe()})",
                                expected)

@@ -4,7 +4,9 @@ An answer is kept per (API key, the key's branch scope, path, sorted query) for 
 table's strategy: aggressive 300 s (data that rarely changes: branches, menus), moderate 60 s
 (appointments, staff, inventory), conservative 15 s (highly dynamic data). Authentication,
 validation and the branch checks still run on every request; only the query's answer is kept.
-Creating a lead drops the tenant's cached leads.
+Nothing drops an entry before its TTL: the leads route creates leads without invalidating
+the cache (the real route calls none of the cache's invalidation helpers), so a list answered
+from the cache misses the leads created since, for up to the TTL.
 
 The answer does not say whether it came from the cache: there is no cache header, as with the
 data cache of the framework this replaces. A stale list is the only sign.
@@ -70,35 +72,23 @@ class BranchFilterCache(Extension):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[CacheKey, _Entry] = {}
-        # Bumped by every write, so that an answer computed across a write is not kept.
-        self._writes: dict[tuple[UUID, str], int] = {}
 
     def around_list(self, ctx: RequestContext, query: ListQuery, compute: Callable[[], ListBody]) -> ListBody:
         ttl = ttl_for(query.resource)
         if ttl is None:
             return compute()
         key: CacheKey = (ctx.key.id, ctx.scope_branch_id, ctx.path, tuple(sorted(ctx.params.items())))
-        scope = (ctx.tenant_id, query.resource)
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(key)
-            writes = self._writes.get(scope, 0)
         if entry is not None and entry.expires > now:
             return entry.body  # answers are never changed once built: shared, not copied
         body = compute()
         with self._lock:
-            if self._writes.get(scope, 0) == writes:
-                if len(self._entries) >= MAX_ENTRIES:
-                    self._evict(now)
-                self._entries[key] = _Entry(now + ttl, ctx.tenant_id, query.resource, body)
+            if len(self._entries) >= MAX_ENTRIES:
+                self._evict(now)
+            self._entries[key] = _Entry(now + ttl, ctx.tenant_id, query.resource, body)
         return body
-
-    def after_write(self, ctx: RequestContext, resource: str) -> None:
-        with self._lock:
-            scope = (ctx.tenant_id, resource)
-            self._writes[scope] = self._writes.get(scope, 0) + 1
-            for key in [k for k, e in self._entries.items() if (e.tenant_id, e.table) == scope]:
-                del self._entries[key]
 
     def _evict(self, now: float) -> None:
         """Drop the expired entries, or the older half when none expired. Holds the lock."""
