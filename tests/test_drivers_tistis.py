@@ -120,3 +120,40 @@ def test_the_plan_names_every_hunk_and_what_stays(tistis: Target) -> None:
     assert '"# FASE 2:' in text and 'stays in place: @@' in text and '"# FASE 1:' in text
     assert "changed since by:" in text
     assert "supabase/migrations/135_ADD_BRANCH_CONTEXT_TO_API_KEYS.sql" in text  # stays
+
+
+def test_fase2_restore_under_the_real_triggers_and_a_deleted_branch(tistis: Target) -> None:
+    box = tistis.box
+    _run(tistis, "fase2")
+    record = tistis.only_run("fase2")
+    backup = record.facts["fase2_backup"]
+    table = f'"{backup["schema"]}"."{backup["table"]}"'
+    # a branch deleted since the rollback: its key cannot be given that branch back
+    gone = str(box.sql(f"SELECT branch_id FROM {table} WHERE name LIKE 'Branch POS integration%' "
+                       "ORDER BY id LIMIT 1")[0][0])
+    orphan = str(box.sql(f"SELECT id FROM {table} WHERE branch_id = %s ORDER BY id LIMIT 1",
+                         (gone,))[0][0])
+    box.sql("DELETE FROM branches WHERE id = %s", (gone,))
+    restored = tistis.rollback("restore", "fase2", "--run", record.run_id, "--yes")
+    assert restored.returncode == 1, restored.stdout + restored.stderr
+    line = restored.stderr.strip().splitlines()[-1]
+    assert f"{orphan}: Branch {gone} does not exist" in line and "checksum" in line, line
+    assert "equals the backup's" in line, line
+    # every other key is back on its branch; the triggers rewrote branch_context, consistently
+    back = box.sql(f"SELECT count(*) FROM {table} b JOIN api_keys k ON k.id = b.id "
+                   "WHERE k.scope_type = 'branch' AND k.branch_id = b.branch_id "
+                   "AND k.branch_context->>'branch_id' = b.branch_id::text")[0][0]
+    assert back == backup["row_count"] - 1
+    assert box.sql("SELECT scope_type, branch_id FROM api_keys WHERE id = %s", (orphan,))[0] == (
+        "tenant", None)
+    assert "the platform rewrote itself" in restored.stdout
+
+
+def test_fase2_restore_on_the_real_shape_exits_0(tistis: Target) -> None:
+    _run(tistis, "fase2")
+    record = tistis.only_run("fase2")
+    restored = tistis.rollback("restore", "fase2", "--run", record.run_id, "--yes")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "equals the backup's" in restored.stdout
+    assert tistis.box.sql("SELECT count(*) FROM api_keys WHERE scope_type = 'branch'")[0][0] == \
+        record.facts["fase2_backup"]["row_count"]

@@ -25,7 +25,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -507,6 +507,10 @@ class Fase2Restore:
     checksum_before: str = ""
     checksum_after: str = ""
     differing: list[str] = field(default_factory=list)  # keys changed since, other than scope
+    #: keys that could not be put back, with the database's reason (e.g. their branch is gone)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: keys whose platform-owned columns (its triggers and counters) differ: never a mismatch
+    platform_rewrote: list[str] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:
@@ -531,12 +535,20 @@ def verify_backup(conn: psycopg.Connection[Any], schema: str, run_id: str) -> di
 
 
 def restore_fase2(conn: psycopg.Connection[Any], *, schema: str, run_id: str, policy: BatchPolicy,
-                  log: Callable[[str], None]) -> Fase2Restore:
+                  log: Callable[[str], None],
+                  platform_owned: Sequence[str] = ()) -> Fase2Restore:
     """Put the converted keys back from the pre-image, in place, in batches; verify by checksum.
 
     Only the columns the conversion changed are written back (scope, branch, updated_at); a key
     someone revoked or renamed since stays revoked and renamed. A key whose scope was changed by
     someone else since the rollback is left alone and reported; a deleted key is not re-created.
+
+    `platform_owned` are columns the platform rewrites itself (the profile's managed columns and
+    what its triggers set, such as `branch_context`): the verification leaves them out and
+    reports the keys whose values there changed apart, never as a mismatch. A batch the
+    database refuses (a key whose branch was deleted since: the foreign key, or the platform's
+    own branch trigger) is retried key by key: each refused key is reported with the reason and
+    the others are restored.
     """
     found = verify_backup(conn, schema, run_id)
     conn.commit()
@@ -555,19 +567,32 @@ def restore_fase2(conn: psycopg.Connection[Any], *, schema: str, run_id: str, po
     counter = Conversion()
     last_id: str | None = None
 
+    put_back = sql.SQL(
+        "UPDATE api_keys k SET scope_type = b.scope_type, branch_id = b.branch_id, "
+        "updated_at = b.updated_at FROM {} b "
+        "WHERE b.id = k.id AND k.id = ANY(%s) "
+        "AND k.scope_type = 'tenant' AND k.branch_id IS NULL "
+        "AND (k.scope_type, k.branch_id, k.updated_at) IS DISTINCT FROM "
+        "    (b.scope_type, b.branch_id, b.updated_at)").format(backup)
+
     def one_batch() -> int:
         nonlocal last_id
         with conn.transaction():
             ids = _next_batch(conn, backup, last_id, policy)
             if not ids:
                 return -1
-            updated = conn.execute(sql.SQL(
-                "UPDATE api_keys k SET scope_type = b.scope_type, branch_id = b.branch_id, "
-                "updated_at = b.updated_at FROM {} b "
-                "WHERE b.id = k.id AND k.id = ANY(%s) "
-                "AND k.scope_type = 'tenant' AND k.branch_id IS NULL "
-                "AND (k.scope_type, k.branch_id, k.updated_at) IS DISTINCT FROM "
-                "    (b.scope_type, b.branch_id, b.updated_at)").format(backup), (ids,)).rowcount
+            try:
+                with conn.transaction():  # a savepoint: a refused batch is redone key by key
+                    updated = conn.execute(put_back, (ids,)).rowcount
+            except (psycopg.errors.IntegrityError, psycopg.errors.RaiseException) as exc:
+                log(f"a batch was refused ({first_line(exc)}): restoring its keys one by one")
+                updated = 0
+                for key_id in ids:
+                    try:
+                        with conn.transaction():
+                            updated += conn.execute(put_back, ([key_id],)).rowcount
+                    except (psycopg.errors.IntegrityError, psycopg.errors.RaiseException) as one:
+                        result.failed.append((str(key_id), first_line(one)))
         last_id = str(ids[-1])
         return updated
 
@@ -578,11 +603,13 @@ def restore_fase2(conn: psycopg.Connection[Any], *, schema: str, run_id: str, po
         result.restored += done
         if done:
             log(f"restored {result.restored} keys so far")
-    present = result.rows - len(result.missing) - len(result.changed_since)
+    present = result.rows - len(result.missing) - len(result.changed_since) - len(result.failed)
     result.unchanged = present - result.restored
-    # verification: the rows still there equal their pre-image, column for column (usage aside)
-    cols = checksum_columns(conn, schema, table)
-    skip = result.missing + result.changed_since
+    # verification: the rows still there equal their pre-image, column for column, but for the
+    # usage counters and what the platform rewrites itself (its triggers run on the restore too)
+    owned = set(platform_owned)
+    cols = [c for c in checksum_columns(conn, schema, table) if c not in owned]
+    skip = result.missing + result.changed_since + [key_id for key_id, _ in result.failed]
     where = sql.SQL("WHERE NOT (id::text = ANY({}))").format(sql.Literal(skip))
     result.checksum_before = rows_checksum(conn, backup, cols, where)
     result.checksum_after = rows_checksum(
@@ -590,18 +617,24 @@ def restore_fase2(conn: psycopg.Connection[Any], *, schema: str, run_id: str, po
         sql.SQL("WHERE id IN (SELECT id FROM {}) AND NOT (id::text = ANY({}))").format(
             backup, sql.Literal(skip)))
     if result.checksum_after != result.checksum_before:
-        result.differing = differing_keys(conn, backup, cols)
+        result.differing = differing_keys(conn, backup, cols, skip)
+    rewritten = [c for c in checksum_columns(conn, schema, table) if c in owned]
+    if rewritten:
+        result.platform_rewrote = differing_keys(conn, backup, rewritten, skip)
     conn.commit()
     return result
 
 
-def differing_keys(conn: psycopg.Connection[Any], backup: sql.Composable, cols: list[str]) -> list[str]:
-    """Keys whose row differs from the pre-image in a checksummed column, with those columns."""
+def differing_keys(conn: psycopg.Connection[Any], backup: sql.Composable, cols: list[str],
+                   skip: Sequence[str] = ()) -> list[str]:
+    """Keys whose row differs from the pre-image in one of `cols`, with those columns."""
     found = []
     rows = conn.execute(sql.SQL(
         "SELECT b.id::text, to_jsonb(b), to_jsonb(k) FROM {} b JOIN api_keys k ON k.id = b.id "
         "ORDER BY b.id").format(backup)).fetchall()
     for key_id, before, after in rows:
+        if key_id in skip:
+            continue
         changed = [c for c in cols if before.get(c) != after.get(c)]
         if changed:
             found.append(f"{key_id} ({', '.join(changed)})")

@@ -387,9 +387,15 @@ def _restore_fase2(run: Run) -> str:
         if not dbops.has_column(conn, "api_keys", "scope_type"):
             raise StepFailed("api_keys has no scope_type column (FASE 2's migration was undone): "
                              "re-apply migrations/020_fase2_branch_keys.sql before restoring")
+        profile = run.settings.platform
+        owned = (*profile.managed_columns,
+                 *(c for c in profile.fase2.scope_columns if c not in ("scope_type", "branch_id")))
         result = dbops.restore_fase2(conn, schema=backup["schema"], run_id=run.run_id,
-                                     policy=policy, log=run.say)
+                                     policy=policy, log=run.say, platform_owned=owned)
     problems = []
+    if result.failed:
+        problems.append(f"{len(result.failed)} keys could not be put back and keep their tenant "
+                        "scope: " + "; ".join(f"{key_id}: {why}" for key_id, why in result.failed[:5]))
     if result.missing:
         problems.append(f"{len(result.missing)} keys were deleted since and are not re-created "
                         f"({', '.join(result.missing[:5])})")
@@ -403,7 +409,12 @@ def _restore_fase2(run: Run) -> str:
     summary = (f"{result.restored} of {result.rows} keys restored to their pre-rollback scope "
                f"({result.unchanged} already were); checksum {result.checksum_after[:12]} "
                + ("equals the backup's" if result.verified else
-                  f"differs from the backup's {result.checksum_before[:12]}"))
+                  f"differs from the backup's {result.checksum_before[:12]}")
+               + " (columns the platform rewrites itself left out)")
+    if result.platform_rewrote:
+        run.say(f"{len(result.platform_rewrote)} restored keys have columns the platform rewrote "
+                f"itself (its triggers and counters, not a mismatch): "
+                f"{', '.join(result.platform_rewrote[:3])}")
     if problems:
         raise StepFailed(summary + "; " + "; ".join(problems))
     return summary
