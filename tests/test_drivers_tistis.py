@@ -157,3 +157,29 @@ def test_fase2_restore_on_the_real_shape_exits_0(tistis: Target) -> None:
     assert "equals the backup's" in restored.stdout
     assert tistis.box.sql("SELECT count(*) FROM api_keys WHERE scope_type = 'branch'")[0][0] == \
         record.facts["fase2_backup"]["row_count"]
+
+
+ACLS = ("SELECT c.relname, c.relacl::text, obj_description(c.oid, 'pg_class') FROM pg_class c "
+        "WHERE c.relname IN ('mv_branch_performance_metrics', 'vw_cache_freshness', "
+        "'vw_fase3_index_usage') UNION ALL SELECT p.proname, p.proacl::text, "
+        "obj_description(p.oid, 'pg_proc') FROM pg_proc p WHERE p.proname IN "
+        "('get_branch_stats_summary', 'refresh_branch_performance_metrics') ORDER BY 1")
+
+
+def test_fase3_restore_brings_back_grants_and_comments_exactly(tistis: Target) -> None:
+    box = tistis.box
+    # grants narrower than the schema's default privileges, and a comment: a recreated object
+    # would otherwise get the defaults (anon included) and no comment
+    box.sql("REVOKE ALL ON mv_branch_performance_metrics, vw_cache_freshness FROM anon; "
+            "REVOKE ALL ON FUNCTION get_branch_stats_summary(uuid, uuid) FROM PUBLIC, anon; "
+            "COMMENT ON VIEW vw_cache_freshness IS 'age of the branch metrics'")
+    before = box.sql(ACLS)
+    narrowed = {name: acl for name, acl, _ in before}
+    assert len(before) == 5 and "anon=" not in narrowed["vw_cache_freshness"]
+    assert "anon=" in narrowed["vw_fase3_index_usage"]  # the defaults, where not narrowed
+    _run(tistis, "fase3", "--db-option", "2")
+    assert box.sql(ACLS) == []
+    record = tistis.only_run("fase3")
+    restored = tistis.rollback("restore", "fase3", "--run", record.run_id, "--yes")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert box.sql(ACLS) == before

@@ -25,7 +25,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -743,10 +743,26 @@ class ObjectState:
     identity: str | None = None   # schema-qualified name, or regprocedure for a function
     definition: str | None = None
     valid: bool = True
+    #: what a definition does not carry, saved with it and put back on restore
+    owner: str | None = None
+    acl: str | None = None        # the aclitem[] as text (NULL: the owner's defaults)
+    comment: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.obj.as_dict(), "present": self.present, "identity": self.identity,
-                "definition": self.definition}
+                "definition": self.definition, "owner": self.owner, "acl": self.acl,
+                "comment": self.comment}
+
+
+_REL_EXTRAS = ("SELECT pg_get_userbyid(c.relowner), c.relacl::text, obj_description(c.oid, 'pg_class') "
+               "FROM pg_class c WHERE c.oid = %s")
+_FUNC_EXTRAS = ("SELECT pg_get_userbyid(p.proowner), p.proacl::text, obj_description(p.oid, 'pg_proc') "
+                "FROM pg_proc p WHERE p.oid = %s::regprocedure")
+
+
+def _extras(conn: psycopg.Connection[Any], query: str, oid: Any) -> tuple[str | None, ...]:
+    row = conn.execute(query, (oid,)).fetchone()  # type: ignore[call-overload]
+    return (None, None, None) if row is None else (row[0], row[1], row[2])
 
 
 def _regtype(conn: psycopg.Connection[Any], text: str) -> str | None:
@@ -821,7 +837,9 @@ def inspect_object(conn: psycopg.Connection[Any], obj: DbObject) -> ObjectState:
         if identity is None:
             return ObjectState(obj, False)
         row = conn.execute("SELECT pg_get_functiondef(%s::regprocedure)", (identity,)).fetchone()
-        return ObjectState(obj, True, identity, row[0] if row else None)
+        owner, acl, comment = _extras(conn, _FUNC_EXTRAS, identity)
+        return ObjectState(obj, True, identity, row[0] if row else None,
+                           owner=owner, acl=acl, comment=comment)
     relkind = {"index": "i", "view": "v", "materialized view": "m"}[obj.kind]
     row = conn.execute(
         "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind "
@@ -830,11 +848,12 @@ def inspect_object(conn: psycopg.Connection[Any], obj: DbObject) -> ObjectState:
     if row is None or row[2] != relkind:
         return ObjectState(obj, False)
     oid, identity = row[0], row[1]
+    owner, acl, comment = _extras(conn, _REL_EXTRAS, oid)
     if obj.kind == "index":
         d = conn.execute("SELECT pg_get_indexdef(%s), i.indisvalid FROM pg_index i "
                          "WHERE i.indexrelid = %s", (oid, oid)).fetchone()
         assert d is not None
-        return ObjectState(obj, True, identity, d[0], bool(d[1]))
+        return ObjectState(obj, True, identity, d[0], bool(d[1]), comment=comment)
     d = conn.execute("SELECT pg_get_viewdef(%s, true)", (oid,)).fetchone()
     assert d is not None
     body = str(d[0]).rstrip().rstrip(";")
@@ -842,7 +861,7 @@ def inspect_object(conn: psycopg.Connection[Any], obj: DbObject) -> ObjectState:
         definition = f"CREATE OR REPLACE VIEW {identity} AS\n{body}"
     else:
         definition = f"CREATE MATERIALIZED VIEW {identity} AS\n{body}\nWITH DATA"
-    return ObjectState(obj, True, identity, definition)
+    return ObjectState(obj, True, identity, definition, owner=owner, acl=acl, comment=comment)
 
 
 def drop_order(objects: list[DbObject]) -> list[DbObject]:
@@ -872,3 +891,54 @@ def recreate_object(conn: psycopg.Connection[Any], definition: dict[str, Any], l
     if definition["kind"] == "index":
         text = re.sub(r"^CREATE (UNIQUE )?INDEX ", r"CREATE \1INDEX CONCURRENTLY IF NOT EXISTS ", text)
     conn.execute(text.encode("utf-8"))
+    restore_extras(conn, definition)
+
+
+_KEYWORD = {"index": "INDEX", "view": "VIEW", "materialized view": "MATERIALIZED VIEW",
+            "function": "FUNCTION"}
+
+
+def restore_extras(conn: psycopg.Connection[Any], definition: Mapping[str, Any]) -> None:
+    """Owner, grants and comment as they were saved: a definition alone carries none of them,
+    and a recreated object would otherwise get whatever the default privileges give."""
+    identity, kind = definition.get("identity"), str(definition["kind"])
+    if not identity:
+        return
+    target = sql.SQL(identity)
+    keyword = sql.SQL(_KEYWORD[kind])
+    if kind != "index" and definition.get("owner"):
+        conn.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(
+            keyword, target, sql.Identifier(definition["owner"])))
+    if kind != "index" and "acl" in definition:
+        on = sql.SQL("FUNCTION" if kind == "function" else "TABLE")
+        now = conn.execute(sql.SQL(
+            "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END "
+            "FROM aclexplode(({})) a").format(_acl_of(kind, identity))).fetchall()
+        for (grantee,) in now:
+            conn.execute(sql.SQL("REVOKE ALL ON {} {} FROM {}").format(
+                on, target, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC")))
+        saved = definition.get("acl")
+        if saved is None and definition.get("owner"):  # it had the owner's default privileges
+            row = conn.execute("SELECT acldefault(%s, (SELECT oid FROM pg_roles WHERE rolname = %s))"
+                               "::text", ("f" if kind == "function" else "r",
+                                          definition["owner"])).fetchone()
+            saved = row[0] if row else None
+        if saved:
+            grants = conn.execute(
+                "SELECT CASE WHEN grantee = 0 THEN NULL ELSE pg_get_userbyid(grantee) END, "
+                "privilege_type, is_grantable FROM aclexplode(%s::aclitem[])", (saved,)).fetchall()
+            for grantee, privilege, grantable in grants:
+                conn.execute(sql.SQL("GRANT {} ON {} {} TO {}{}").format(
+                    sql.SQL(privilege), on, target,
+                    sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+                    sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+    if definition.get("comment") is not None:
+        conn.execute(sql.SQL("COMMENT ON {} {} IS {}").format(
+            keyword, target, sql.Literal(definition["comment"])))
+
+
+def _acl_of(kind: str, identity: str) -> sql.Composable:
+    if kind == "function":
+        return sql.SQL("SELECT proacl FROM pg_proc WHERE oid = {}::regprocedure").format(
+            sql.Literal(identity))
+    return sql.SQL("SELECT relacl FROM pg_class WHERE oid = {}::regclass").format(sql.Literal(identity))
