@@ -100,6 +100,13 @@ def test_fase3_then_2_then_1_each_take_back_only_their_phase(tistis: Target) -> 
         assert f"Rollback-Phase-Reverted: {phase} {phase_commit}" in body
     assert "This reverts commit" not in body
     assert [r.state for r in tistis.runs()] == ["succeeded"] * 3
+    # the deploy branch, and origin's, carry every revert: the next push to main ships no phase
+    assert git(box.repo, "branch", "--show-current") == "main"
+    origin = box.dir / "origin.git"
+    assert git(origin, "rev-parse", "main") == git(box.repo, "rev-parse", "HEAD")
+    published = git(origin, "log", "--format=%B", "main")
+    for phase in ("fase1", "fase2", "fase3"):
+        assert f"Rollback-Phase-Reverted: {phase} {phase_commit}" in published
 
 
 def test_a_commit_carrying_other_phases_is_refused_naming_them(tistis: Target) -> None:

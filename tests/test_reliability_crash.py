@@ -151,8 +151,8 @@ def test_fase2_killed_at_every_step_and_mid_conversion_ends_like_an_uninterrupte
         assert_killed_in(target.only_run("fase2"), done, step)
         assert (box.repo / ".git" / "rollback.lock").exists(), "a SIGKILL leaves the lock file"
 
-    steps = ["preflight", "baseline", "backup", "code", "build", "deploy", "database", "gate",
-             "communicate"]
+    steps = ["preflight", "baseline", "backup", "code", "build", "deploy", "publish", "database",
+             "gate", "communicate"]
 
     crash("1-baseline", "baseline", steps[:1], lambda d: step_started(target, d, "baseline"),
           box.chaos(latency_ms=300, paths=["/v1"]))
@@ -184,17 +184,17 @@ def test_fase2_killed_at_every_step_and_mid_conversion_ends_like_an_uninterrupte
     lock_key = "SELECT 1 FROM api_keys WHERE id = %s FOR UPDATE"
     for name, batch in (("6-database", 0), ("7-batch-2", 2), ("8-batch-4", 4),
                         ("9-last-batch", batches - 1)):
-        crash(name, "database", steps[:6],
+        crash(name, "database", steps[:7],
               lambda d, b=batch: len(progress_rows(box, run_id)) == b and waiting_on_a_lock(box, app),
               row_locked(box, lock_key, (ids[batch * size],)))
         assert len(progress_rows(box, run_id)) == batch
         left = box.sql("SELECT count(*) FROM api_keys WHERE scope_type = 'branch'")[0][0]
         assert left == len(ids) - batch * size, "keys converted and progress rows disagree"
 
-    crash("10-gate", "gate", steps[:7], gate_checks)
+    crash("10-gate", "gate", steps[:8], gate_checks)
     hook_server = SilentHook()
     try:
-        crash("11-communicate", "communicate", steps[:8], lambda d: hook_server.received.is_set(),
+        crash("11-communicate", "communicate", steps[:9], lambda d: hook_server.received.is_set(),
               ROLLBACK_NOTIFY_URLS=hook_server.url)
     finally:
         hook_server.close()
@@ -297,7 +297,8 @@ def test_fase3_option_2_killed_while_dropping_objects_resumes_and_drops_them_all
             wait_until(lambda: not sessions(box, application(target)), "its sessions to end")
         killed.append(driver.pid)
         assert_killed_in(target.only_run("fase3"),
-                         ["preflight", "baseline", "backup", "code", "build", "deploy"], "database")
+                         ["preflight", "baseline", "backup", "code", "build", "deploy", "publish"],
+                         "database")
 
     # dependants first: the views, the functions, the materialized view, then the indexes
     crash("1-second-view", "LOCK TABLE vw_fase3_index_usage IN ACCESS SHARE MODE",

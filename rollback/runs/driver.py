@@ -56,7 +56,7 @@ class Cancelled(StepFailed):
 def steps_for(options: Options) -> list[Step]:
     """The driver of a phase: its steps, in order."""
     head: list[Step] = [steps.Preflight(), steps.Baseline(), steps.Backup(), steps.RevertCode(),
-                        steps.Build(), steps.Deploy()]
+                        steps.Build(), steps.Deploy(), steps.Publish()]
     tail: list[Step] = [steps.Gate(), steps.Communicate()]
     by_phase: dict[str, list[Step]] = {
         "fase1": [],

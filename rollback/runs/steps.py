@@ -676,6 +676,65 @@ def wait_for_version(run: Run, expected: str, timeout_s: float) -> probes.ApiHea
     return last
 
 
+# --- publish -------------------------------------------------------------------------------------
+
+
+class Publish(Step):
+    """The deploy branch gets the revert, so that the next deploy from it does not ship the phase
+    again (a git-integrated Vercel project deploys every push to `main`)."""
+
+    name, title = "publish", "Publish on the deploy branch"
+    changes = True
+
+    def describe(self, run: Run) -> StepPlan:
+        target = run.settings.target
+        remote = target.remote if target.remote in gitops.remotes(run.repo) else None
+        lines = [f"merge {run.rollback_branch} into {target.branch} (a fast-forward when "
+                 f"{target.branch} has not moved) and check {target.branch} out"]
+        lines.append(f"push {target.branch} to {remote}" if remote else
+                     f"no remote {target.remote!r}: {target.branch} is updated locally only")
+        return self.plan(lines, {"branch": target.branch, "remote": remote})
+
+    def run(self, run: Run) -> Done:
+        repo, target = run.repo, run.settings.target
+        head = str(run.facts.get("new_head") or gitops.head(repo))
+        deploy = target.branch
+        if not gitops.branch_exists(repo, deploy):
+            raise StepFailed(f"the deploy branch {deploy!r} ([target] branch) does not exist in "
+                             f"{repo}: the revert stays on {run.rollback_branch} only; merge it "
+                             "into the branch your platform deploys from")
+        contains = gitops.git(repo, "merge-base", "--is-ancestor", head, deploy,
+                              check=False).returncode == 0
+        if gitops.current_branch(repo) != deploy:
+            gitops.git(repo, "checkout", "-q", deploy)
+        if not contains:
+            merged = gitops.git(repo, "merge", "-q", "--ff", "--no-edit", "-m",
+                                f"Merge {run.rollback_branch}: roll {run.options.phase} back\n\n"
+                                f"{gitops.RUN_TRAILER}: {run.run_id}", head, check=False)
+            if merged.returncode != 0:
+                gitops.git(repo, "merge", "--abort", check=False)
+                gitops.git(repo, "checkout", "-q", "-f", run.rollback_branch)
+                raise StepFailed(
+                    f"{deploy} moved since the rollback began and does not merge with "
+                    f"{run.rollback_branch} ({gitops.git_error(merged)}): the rollback is live "
+                    f"but {deploy} still carries {run.options.phase}, so its next deploy ships "
+                    f"it again; merge {run.rollback_branch} into {deploy} by hand, then rerun "
+                    f"`rollback run {run.options.phase}` to finish")
+        published = gitops.head(repo)
+        pushed = None
+        if target.remote in gitops.remotes(repo):
+            done = gitops.git(repo, "push", "-q", target.remote, f"{deploy}:refs/heads/{deploy}",
+                              check=False)
+            if done.returncode != 0:
+                raise StepFailed(f"push of {deploy} to {target.remote} failed "
+                                 f"({gitops.git_error(done)}): {deploy} carries the revert "
+                                 "locally only; push it, then rerun to finish")
+            pushed = target.remote
+        where = f" and pushed to {pushed}" if pushed else " (no remote: locally only)"
+        return Done(f"{deploy} at {published[:12]} carries the revert{where}",
+                    {"published": {"branch": deploy, "head": published, "remote": pushed}})
+
+
 # --- database ------------------------------------------------------------------------------------
 
 
