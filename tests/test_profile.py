@@ -191,3 +191,54 @@ def test_a_bad_manifest_is_refused_in_one_line(tmp_path: Path, toml: str, says: 
     with pytest.raises(ConfigError) as caught:
         _settings(tmp_path, toml)
     assert says in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_dig_follows_a_dotted_path_and_stops_where_it_does_not_lead() -> None:
+    from rollback.profile import dig
+
+    body = {"services": {"database": {"status": "healthy"}}, "status": "ok"}
+    assert dig(body, "services.database.status") == "healthy"
+    assert dig(body, "status") == "ok"
+    assert dig(body, "services.cache.status") is None
+    assert dig(body, "status.deeper") is None
+    assert dig(["not", "a", "dict"], "status") is None
+
+
+def test_a_version_pattern_without_a_group_takes_the_whole_match(tmp_path: Path) -> None:
+    script = _script(tmp_path, "print('deployed: 3f2c9a1b4e at noon')")
+    tistis = load_profile("tistis")
+    profile = tistis.model_copy(update={"version": tistis.version.model_copy(
+        update={"command": str(script), "pattern": "[0-9a-f]{10}"})})
+    assert deployed_version(profile, "http://127.0.0.1:1") == "3f2c9a1b4e"
+    plain = tistis.model_copy(update={"version": tistis.version.model_copy(
+        update={"command": str(script), "pattern": None})})
+    assert deployed_version(plain, "http://127.0.0.1:1") == "deployed: 3f2c9a1b4e at noon"
+
+
+def test_a_version_command_that_hangs_is_bounded(tmp_path: Path) -> None:
+    script = _script(tmp_path, "import time\ntime.sleep(30)")
+    tistis = load_profile("tistis")
+    profile = tistis.model_copy(update={"version": tistis.version.model_copy(
+        update={"command": str(script), "timeout_s": 0.5})})
+    with pytest.raises(VersionUnknown, match=r"no answer within 0.5 s"):
+        deployed_version(profile, "http://127.0.0.1:1")
+
+
+def test_an_empty_version_field_is_no_version() -> None:
+    with pytest.raises(VersionUnknown, match="no 'version' field"):
+        deployed_version(load_profile("contract"), "http://x", {"version": ""})
+
+
+def test_paths_of_resources_by_name_or_object() -> None:
+    tistis, contract = load_profile("tistis"), load_profile("contract")
+    assert tistis.path_of("leads") == "/api/v1/leads" == tistis.path_of(tistis.resources[0])
+    assert contract.resource_at("/v1/branches").table == "branches"
+    assert tistis.leads_path == "/api/v1/leads" and tistis.auth_path == "/api/v1/leads"
+    with pytest.raises(KeyError):
+        tistis.resource_at("/v1/leads")
+
+
+def test_the_version_source_is_described_with_its_host_filled_in() -> None:
+    tistis = load_profile("tistis")
+    assert tistis.version.describe("http://127.0.0.1:8123") == "`vercel inspect 127.0.0.1:8123`"
+    assert load_profile("contract").version.describe() == "the health body's 'version'"
