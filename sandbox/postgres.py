@@ -101,7 +101,20 @@ class EmbeddedPostgres:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{database}"
 
+    def _reach(self) -> None:
+        """As root, give the system user its pass-through (o+x) to the cluster again: a private
+        temporary folder above it can have lost it since `up` (pytest resets the mode of its
+        `pytest-of-<user>` folder to 0700 whenever a session starts)."""
+        if _run_as() is None:
+            return
+        for parent in [self.root, *self.root.parents, *bin_dir().parent.parents]:
+            with contextlib.suppress(OSError):
+                mode = parent.stat().st_mode
+                if not mode & stat.S_IXOTH:
+                    parent.chmod(mode | stat.S_IXOTH)
+
     def _pg(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        self._reach()
         command = [str(bin_dir() / tool), *args]
         try:
             return _run_pg(command, timeout=timeout, check=True)
@@ -164,6 +177,7 @@ class EmbeddedPostgres:
     def is_running(self) -> bool:
         if not (self.data_dir / "postmaster.pid").exists():
             return False
+        self._reach()
         result = _run_pg([str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"], check=False)
         return result.returncode == 0
 

@@ -42,6 +42,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from rollback.errors import StepFailed, UsageError
 from sandbox import control, repo
 
@@ -262,11 +264,18 @@ def _clean_env() -> dict[str, str]:
 
 
 def _require_database(state: control.State) -> None:
-    """Production needs the sandbox's database: without it the API never turns healthy."""
-    server = state.postgres()
-    if server is not None and not server.is_running():
-        raise StepFailed(f"the sandbox in {state.root} is down: run `rollback sandbox up --dir "
-                         f"{state.root}` first")
+    """Production needs the sandbox's database: without it the API never turns healthy.
+
+    Asked over TCP, as the API will: `pg_ctl status` needs to read the data folder, which its
+    system user may not reach (a parent folder's mode changed since `up`) while the server
+    itself runs fine."""
+    try:
+        with psycopg.connect(state.database_url, connect_timeout=5):
+            return
+    except psycopg.Error:
+        pass
+    raise StepFailed(f"the sandbox in {state.root} is down (its database does not answer): run "
+                     f"`rollback sandbox up --dir {state.root}` first")
 
 
 def _serve(state: control.State, store: _Store, deployment: Deployment) -> None:
