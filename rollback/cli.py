@@ -74,7 +74,9 @@ def sandbox_up(root: Path, port: int | None, tenants: int, keys: int | None, see
     out.print(f"[bold green]sandbox up[/] at {state.api_base_url} (dir {state.dir}, shape {state.shape})")
     out.print('  point every command at it:  eval "$(rollback sandbox env'
               + (f" --dir {root}" if root != Path('.sandbox') else "") + ')"')
-    leads = "/api/v1/leads" if state.shape == "tistis" else "/v1/leads"
+    from rollback.profile import load_profile
+
+    leads = load_profile(state.shape).leads_path  # the sandbox's profile is its shape's
     out.print(f'  try:  curl -H "Authorization: Bearer $TEST_API_KEY" "$API_BASE_URL{leads}"')
     if state.shape == "tistis":
         out.print("  deploy: vercel --prod --yes (from the checkout), vercel ls, vercel rollback")
