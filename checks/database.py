@@ -12,6 +12,7 @@ from psycopg import sql
 
 from checks._plugin.verdicts import saw_nothing
 from rollback.config import Settings
+from rollback.profile import Resource
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,15 @@ def require_rows(db: psycopg.Connection, table: str, what: str) -> None:
     if not (row and row[0]):
         saw_nothing(f"{table} holds no rows, so {what} proves nothing: is DATABASE_URL the "
                     "platform's database?")
+
+
+def tenant_rows(db: psycopg.Connection, resource: Resource, tenant_id: str,
+                *, branches: bool = False) -> tuple[int, int]:
+    """(rows, distinct branches if asked, else 0) of the resource's table for one tenant,
+    counted as the API counts them (the profile's `count_where`: trusted configuration, never
+    user input)."""
+    extra = sql.SQL(f" AND ({resource.count_where})") if resource.count_where else sql.SQL("")
+    spread = sql.SQL("count(DISTINCT branch_id)" if branches else "0")
+    row = db.execute(sql.SQL("SELECT count(*), {} FROM {} WHERE tenant_id = %s{}").format(
+        spread, sql.Identifier(resource.table), extra), (tenant_id,)).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import httpx
 import psycopg
-from psycopg import sql
 
-from checks.database import KeyTenant
+from checks.database import KeyTenant, tenant_rows
 from checks.evidence import Evidence
 from checks.expect import expect_total, saw_nothing
 from checks.phases import ALL_PHASES
@@ -29,11 +28,7 @@ def test_api_total_matches_database(api: httpx.Client, db: psycopg.Connection, e
     # but the cache keys on makes this request a guaranteed miss, so we compare live numbers.
     response = get(api, path, params={"pageSize": 1, **cache_buster()}, evidence=evidence)
     api_total = expect_total(response)
-    # count_where is the profile's own SQL (trusted configuration), never user input
-    extra = sql.SQL(f" AND ({resource.count_where})") if resource.count_where else sql.SQL("")
-    row = db.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s{}").format(
-        sql.Identifier(table), extra), (key_tenant.tenant_id,)).fetchone()
-    db_total = int(row[0]) if row else 0
+    db_total, _ = tenant_rows(db, resource, key_tenant.tenant_id)
     evidence.record(api_total=api_total, db_total=db_total, tenant_id=key_tenant.tenant_id)
     if api_total == db_total == 0:
         saw_nothing(f"the test key's tenant has no {table} in the database nor in {path}: "

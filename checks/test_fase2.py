@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from checks._plugin.options import SuiteConfig
-from checks.database import find_key, has_column, require_rows
+from checks.database import find_key, has_column, require_rows, tenant_rows
 from checks.evidence import Evidence
 from checks.expect import expect_list_shape, expect_no_rows, expect_own_tenant, inconclusive
 from checks.probe import cache_buster, get
@@ -165,12 +165,8 @@ def test_former_branch_key_reads_every_branch(branch_api: httpx.Client, target: 
     records = expect_list_shape(response, resource)
     expect_own_tenant(records, key.tenant_id, f"GET {path} with TEST_BRANCH_API_KEY")
     total = int(response.json()["total"])
-    extra = sql.SQL(f" AND ({resource.count_where})") if resource.count_where else sql.SQL("")
-    row = _db_session.execute(sql.SQL("SELECT count(*), count(DISTINCT branch_id) FROM {} "
-                                      "WHERE tenant_id = %s{}").format(
-        sql.Identifier(resource.table), extra), (key.tenant_id,)).fetchone()
+    in_db, branches = tenant_rows(_db_session, resource, key.tenant_id, branches=True)
     _db_session.rollback()
-    in_db, branches = (int(row[0]), int(row[1])) if row else (0, 0)
     evidence.record(api_total=total, db_total=in_db, branches_with_records=branches,
                     tenant_id=key.tenant_id)
     if branches < 2:

@@ -13,10 +13,9 @@ import uuid
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from checks._plugin.options import SuiteConfig
-from checks.database import KeyTenant
+from checks.database import KeyTenant, tenant_rows
 from checks.evidence import Evidence
 from checks.expect import expect_status, expect_total, inconclusive
 from checks.probe import Sample, cache_buster, get
@@ -64,11 +63,9 @@ def _totals(api: httpx.Client, db: psycopg.Connection, path: str, resource: Reso
     """(the API's total as a cache would serve it, its live total, the database's count)."""
     cached = expect_total(get(api, path, params={"pageSize": 1}, evidence=evidence))
     live = expect_total(get(api, path, params={"pageSize": 1, **cache_buster()}, evidence=evidence))
-    extra = sql.SQL(f" AND ({resource.count_where})") if resource.count_where else sql.SQL("")
-    row = db.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s{}").format(
-        sql.Identifier(resource.table), extra), (tenant_id,)).fetchone()
+    counted, _ = tenant_rows(db, resource, tenant_id)
     db.rollback()  # a new snapshot for the next count
-    return cached, live, int(row[0]) if row else 0
+    return cached, live, counted
 
 
 def _stale(path: str, cached: int, live: int, counted: int, profile: Profile) -> str:

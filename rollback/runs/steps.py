@@ -29,7 +29,7 @@ from rollback import probes
 from rollback.errors import ConfigError, GateFailed, StepFailed, UsageError
 from rollback.fase3 import objects_in_repo
 from rollback.http import bounded_client
-from rollback.profile import PhaseSpec
+from rollback.profile import PhaseSpec, version_matches
 from rollback.rls import require_sight
 from rollback.runs import dbops, gitops, phasecode
 from rollback.runs.core import PHASES, Done, Run, Step, StepPlan, run_command
@@ -655,10 +655,7 @@ class Deploy(Step):
 
 
 def _same_version(reported: str | None, expected: str) -> bool:
-    if not reported:
-        return False
-    return reported == expected or (len(reported) >= 7 and expected.startswith(reported)) or \
-        (len(expected) >= 7 and reported.startswith(expected))
+    return bool(reported) and version_matches(str(reported), expected)
 
 
 def wait_for_version(run: Run, expected: str, timeout_s: float) -> probes.ApiHealth:
