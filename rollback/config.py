@@ -13,9 +13,11 @@ config file that holds one is refused, so that it never ends up in git or in a r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -177,6 +179,30 @@ class Health(_Section):
 class Paths(_Section):
     reports_dir: Path = Path("reports")
     logs_dir: Path = Path("logs")
+    #: free space a run's folders (logs, reports, backups) must have before it changes anything
+    min_free_mb: float = Field(default=64.0, ge=0)
+
+
+class Communication(_Section):
+    """What the rendered messages call the product and where they send customers."""
+
+    product: str = Field(default="TIS TIS Platform", min_length=1)
+    support_email: str = Field(default="support@tistis.com", pattern=r"^[^@\s]+@[^@\s]+$")
+    support_phone: str | None = None
+    help_url: str = "https://docs.tistis.com/api/keys"
+    status_page_url: str | None = None
+
+    @field_validator("help_url", "status_page_url")
+    @classmethod
+    def _is_web_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+    @property
+    def contact(self) -> str:
+        """How customers reach support, in one phrase: the e-mail, and the phone when set."""
+        return self.support_email + (f" or {self.support_phone}" if self.support_phone else "")
 
 
 class RunSettings(_Section):
@@ -223,6 +249,7 @@ class Settings(_Section):
     paths: Paths = Paths()
     run: RunSettings = RunSettings()
     gate: GateSettings = GateSettings()
+    communication: Communication = Communication()
     secrets: Secrets = Secrets()
     platform: Profile = Field(default_factory=lambda: Profile.model_validate(build_profile({})))
     source: Path | None = None
@@ -231,6 +258,11 @@ class Settings(_Section):
     def health_endpoints(self) -> tuple[str, ...]:
         """What the monitor samples: [health] endpoints, else the profile's list endpoints."""
         return self.health.endpoints or self.platform.endpoints
+
+    @property
+    def identity(self) -> TargetIdentity:
+        """Which target these settings point at (repository, database, API): see TargetIdentity."""
+        return TargetIdentity.of(self)
 
     def require_database_url(self) -> str:
         if self.secrets.database_url is None:
@@ -247,6 +279,60 @@ class Settings(_Section):
                 "tis_test_...), or run `eval \"$(rollback sandbox env)\"`"
             )
         return self.secrets.test_api_key.get_secret_value()
+
+
+@dataclass(frozen=True)
+class TargetIdentity:
+    """A target is its repository, its database and its API; `id` is a short hash of the three.
+
+    Runs carry it (journal, run id, lock), so that a run resumes, blocks or lists only runs of
+    its own target. Nothing secret goes into it: the database is host, port and name (never its
+    user or password), the API its scheme, host, port and path (never userinfo).
+    """
+
+    id: str
+    name: str
+    repo: str
+    database: str
+    api: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> TargetIdentity:
+        repo = settings.target.repo
+        where = str(repo.expanduser().resolve()) if repo is not None else "-"
+        database = "-"
+        if settings.secrets.database_url is not None:
+            database = database_place(settings.secrets.database_url.get_secret_value())
+        api = public_url(settings.target.api_base_url)
+        digest = hashlib.sha256(f"{where}\n{database}\n{api}".encode()).hexdigest()
+        return cls(digest[:8], settings.target.name, where, database, api)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "repo": self.repo, "database": self.database,
+                "api": self.api}
+
+    def describe(self) -> str:
+        return f"{self.name} {self.id} ({self.api}, database {self.database}, repo {self.repo})"
+
+
+def database_place(url: str) -> str:
+    """host:port/dbname of a PostgreSQL URL or conninfo: where it is, without who connects."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(url)
+    except Exception:  # a malformed URL is refused elsewhere; its place is then unknown
+        return "?"
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or ''}"
+
+
+def public_url(url: str) -> str:
+    """The URL without userinfo, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
 
 
 def _config_path(env: Mapping[str, str]) -> Path | None:
@@ -266,6 +352,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+                          "as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
     if "secrets" in data or any(

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from rollback.console import edge, out
+from rollback.console import edge, err, out
 
 PHASE = click.argument("phase", type=click.Choice(["fase1", "fase2", "fase3"]))
 DB_OPTION = click.option("--db-option", type=click.IntRange(1, 2), default=None,
@@ -137,31 +137,43 @@ def restore_command(phase: str, run_id: str, yes: bool) -> None:
 
 @click.command("history")
 @click.option("--phase", type=click.Choice(["fase1", "fase2", "fase3"]), help="Only this phase's runs.")
+@click.option("--target", "target", metavar="TARGET",
+              help="Only this target's runs: its id (or first 4+ characters), its [target] name, "
+                   "or `current` for the one the settings point at.")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON lines.")
 @edge
-def history_command(phase: str | None, as_json: bool) -> None:
-    """List rollback runs: state, duration, gate result and reports.
+def history_command(phase: str | None, target: str | None, as_json: bool) -> None:
+    """List rollback runs: target, state, duration, gate result and reports.
 
     \b
     Example:
       rollback history --phase fase2
+      rollback history --target current
+      rollback history --target 3f9a1c0b --json
     """
     from rollback.runs import driver
 
-    records = driver.history(_settings(), phase)
+    settings = _settings()
+    records = driver.history(settings, phase, target)
+    damaged = [r for r in records if r.damaged]
     if as_json:
         for r in records:
             gate = r.gate or {}
             click.echo(json.dumps({
-                "run_id": r.run_id, "phase": r.phase, "state": r.state,
+                "run_id": r.run_id, "phase": r.phase, "target": r.target or None,
+                "state": r.state,
                 "description": driver.describe_state(r), "options": r.options,
                 "started_at": r.started_at, "finished_at": r.finished_at, "duration_s": r.duration_s,
                 "gate": gate.get("passed"), "report": gate.get("report"),
                 "journal": str(r.path), "restores": r.restores, "error": r.error,
+                "damaged_lines": r.damaged,
             }, default=str))
         return
     if not records:
-        out.print("no rollback runs yet")
+        here = settings.identity
+        out.print("no rollback runs yet" if target is None else
+                  f"no rollback runs of target {target}"
+                  + (f" (this one: {here.name} {here.id})" if target != here.id else ""))
         return
     for r in records:
         gate = r.gate or {}
@@ -170,6 +182,10 @@ def history_command(phase: str | None, as_json: bool) -> None:
         started = r.started_at.strftime("%Y-%m-%d %H:%M:%S UTC") if r.started_at else "-"
         out.print(f"[bold]{escape(r.run_id)}[/]  {escape(driver.describe_state(r))}  {started}  "
                   f"{duration}  {verdict}", soft_wrap=True)
+        where = (f"{r.target.get('name', '?')} {r.target_id} ({r.target.get('api', '?')}, "
+                 f"database {r.target.get('database', '?')}, repo {r.target.get('repo', '?')})"
+                 if r.target_id else "- (recorded before runs named their target: any)")
+        out.print(f"  target: {escape(where)}", soft_wrap=True)
         if gate.get("report"):
             out.print(f"  report: {escape(str(gate['report']))}", soft_wrap=True)
         if r.error:
@@ -178,6 +194,9 @@ def history_command(phase: str | None, as_json: bool) -> None:
             out.print(f"  next: `rollback run {r.phase}` resumes it (or --new abandons it)",
                       soft_wrap=True)
         out.print(f"  journal: {escape(str(r.path))}", style="dim", soft_wrap=True)
+    for r in damaged:
+        err.print(f"warning: {escape(str(r.path))}: {r.damaged} line(s) are not JSON (torn or "
+                  "overwritten) and were skipped", soft_wrap=True)
 
 
 COMMANDS = [plan_command, run_command, restore_command, history_command]

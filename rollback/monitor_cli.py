@@ -163,7 +163,7 @@ def _write_report(settings: Any, window_s: float, output: Path | None) -> None:
 
     now = datetime.now(UTC)
     logs = settings.paths.logs_dir
-    still_open = AlertBook.from_json(Policy(), load_state(logs) or {}).open_incidents
+    still_open = AlertBook.from_json(Policy(), load_state(logs, settings.identity.id) or {}).open_incidents
     report = build_report(History(logs), since=now - timedelta(seconds=window_s), until=now,
                           thresholds=settings.thresholds, target=settings.target.name,
                           api_base_url=settings.target.api_base_url, still_open=still_open)

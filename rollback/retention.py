@@ -50,14 +50,16 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule("rollback", "logs", "file", re.compile(rf"^rollback-{_PHASE}-{_STAMP}\.log$"), "rollback run log"),
     Rule("rollback", "logs", "file", re.compile(r"^rollback-.+\.log$"), "rollback run log"),
-    Rule("rollback", "logs", "dir", re.compile(rf"^{_STAMP}-{_PHASE}$"), "rollback run journal and backups"),
+    Rule("rollback", "logs", "dir", re.compile(rf"^{_STAMP}-{_PHASE}(?:-[0-9a-f]{{8}})?$"),
+         "rollback run journal and backups"),
     Rule("validation", "reports", "dir", re.compile(rf"^{_STAMP}-(?:{_PHASE}|all|health|pytest)(?:-\d+)?$"),
          "validation report"),
     Rule("validation", "reports", "file", re.compile(rf"^health-report-{_STAMP}\.html$"), "health report"),
     Rule("health", "logs", "file", re.compile(r"^health-check-(?P<date>\d{8})\.log$"), "health check log"),
     Rule("health", "logs", "file", re.compile(r"^health-history-(?P<date>\d{8})\.jsonl$"), "health history"),
     Rule("health", "logs", "file", re.compile(rf"^health-alert-{_STAMP}-[a-z_]+\.json$"), "health alert"),
-    Rule("health", "logs", "file", re.compile(r"^health-monitor-state\.json$"), "health monitor state"),
+    Rule("health", "logs", "file", re.compile(r"^health-monitor-state(?:-[0-9a-f]{8})?\.json$"),
+         "health monitor state"),
 )
 
 
@@ -92,10 +94,10 @@ def _match(name: str, kind: str, where: str) -> tuple[Rule, re.Match[str]] | Non
 
 def _open_incident_files(logs_dir: Path) -> set[str]:
     """Alert files of incidents the monitor still has open: kept however old they are."""
-    from rollback.monitor.store import ALERT, load_state
+    from rollback.monitor.store import ALERT, all_states
 
-    checks = (load_state(logs_dir) or {}).get("checks") or {}
-    return {f"{ALERT}{state['incident']['id']}.json" for state in checks.values()
+    checks = [state for data in all_states(logs_dir) for state in (data.get("checks") or {}).values()]
+    return {f"{ALERT}{state['incident']['id']}.json" for state in checks
             if isinstance(state, dict) and isinstance(state.get("incident"), dict)
             and "id" in state["incident"]}
 

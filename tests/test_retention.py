@@ -43,6 +43,7 @@ def tree(root: Path, now: datetime = NOW) -> tuple[set[str], set[str]]:
     expired = {
         f"logs/rollback-fase2-{stamp(91, now)}.log",
         f"logs/{stamp(120, now)}-fase2/",
+        f"logs/{stamp(100, now)}-fase3-3f9a1c0b/",  # a run id that names its target
         "logs/rollback-manual.log",  # no date in the name: its mtime, 100 days ago, decides
         f"logs/health-check-{day(8, now)}.log",
         f"logs/health-history-{day(8, now)}.jsonl",
@@ -56,6 +57,8 @@ def tree(root: Path, now: datetime = NOW) -> tuple[set[str], set[str]]:
         f"logs/rollback-fase2-{stamp(89, now)}.log",
         f"logs/rollback-fase3-{stamp(90, now)}.log",  # exactly 90 days: still kept
         f"logs/{stamp(10, now)}-fase1/",
+        f"logs/{stamp(10, now)}-fase1-3f9a1c0b/",
+        "logs/health-monitor-state-3f9a1c0b.json",
         "logs/rollback-recent.log",
         f"logs/health-check-{day(7, now)}.log",  # the first day kept
         f"logs/health-history-{day(0, now)}.jsonl",
@@ -78,7 +81,8 @@ def tree(root: Path, now: datetime = NOW) -> tuple[set[str], set[str]]:
     for name in expired:
         make(root, name, mtime_days_ago=100, now=now)
     for name in kept:
-        old = 0 if name in ("logs/rollback-recent.log", "logs/health-monitor-state.json") else 4000
+        old = 0 if name in ("logs/rollback-recent.log", "logs/health-monitor-state.json",
+                            "logs/health-monitor-state-3f9a1c0b.json") else 4000
         make(root, name, mtime_days_ago=old, now=now)
     # a symlink with an expired-looking name, pointing at a file outside: left alone
     outside = make(root, "elsewhere/precious.txt", mtime_days_ago=4000, now=now)
@@ -171,3 +175,17 @@ def test_the_alert_file_of_an_open_incident_is_kept(tmp_path: Path) -> None:
         "database": {"incident": {"id": f"{stamp(20)}-database"}}, "api": {"incident": None}}})
     assert [e.path for e in retention.plan(settings_in(tmp_path), now=NOW)] == [closed]
     assert old.exists()
+
+
+def test_the_alert_file_of_an_incident_open_on_any_target_is_kept(tmp_path: Path) -> None:
+    from rollback.monitor.store import save_state
+
+    mine = make(tmp_path, f"logs/health-alert-{stamp(20)}-database.json")
+    theirs = make(tmp_path, f"logs/health-alert-{stamp(21)}-api.json")
+    closed = make(tmp_path, f"logs/health-alert-{stamp(22)}-latency.json")
+    save_state(tmp_path / "logs", {"version": 1, "checks": {
+        "database": {"incident": {"id": f"{stamp(20)}-database"}}}}, "aaaa1111")
+    save_state(tmp_path / "logs", {"version": 1, "checks": {
+        "api": {"incident": {"id": f"{stamp(21)}-api"}}}}, "bbbb2222")
+    assert [e.path for e in retention.plan(settings_in(tmp_path), now=NOW)] == [closed]
+    assert mine.exists() and theirs.exists()

@@ -130,7 +130,9 @@ class Monitor:
                               self._log_line) if options.pushgateway else None)
         self.history = store.History(self.logs_dir)
         self.check_log = store.DailyFile(self.logs_dir, store.CHECK_LOG, ".log")
-        self.book = AlertBook.from_json(self.policy, store.load_state(self.logs_dir) or {})
+        self.target_id = settings.identity.id  # alert state is kept per target
+        self.book = AlertBook.from_json(self.policy,
+                                        store.load_state(self.logs_dir, self.target_id) or {})
         self._stop = threading.Event()
         self._stop_reason = "stopped"
         self._saved_state: Any = None
@@ -327,7 +329,7 @@ class Monitor:
             for name, s in self.book.states.items()
         }
         if material != self._saved_state:
-            store.save_state(self.logs_dir, self.book.to_json())
+            store.save_state(self.logs_dir, self.book.to_json(), self.target_id)
             self._saved_state = material
 
     def _check_budget(self, m: Measurements) -> None:

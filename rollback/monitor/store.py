@@ -3,7 +3,9 @@
     logs/health-check-YYYYMMDD.log       one human line per cycle, plus alert and delivery lines
     logs/health-history-YYYYMMDD.jsonl   one JSON object per line: every cycle and every alert event
     logs/health-alert-<started>-<check>.json   one file per incident, rewritten as it evolves
-    logs/health-monitor-state.json       the alert damping state, so a restart keeps open incidents
+    logs/health-monitor-state-<target>.json   the alert damping state of one target (its
+                                         `TargetIdentity.id`), so a restart keeps open incidents
+                                         and one target's alerts never fire or resolve another's
 
 Days are UTC. History lines are `{"kind": "cycle", ...}` (see `Monitor._record`) or
 `{"kind": "event", "event": "alert"|"reminder"|"recovery", ...}` (see `AlertEvent.to_record`).
@@ -27,7 +29,8 @@ from rollback.monitor.timefmt import day, iso, utc_now
 CHECK_LOG = "health-check-"
 HISTORY = "health-history-"
 ALERT = "health-alert-"
-STATE_FILE = "health-monitor-state.json"
+STATE_FILE = "health-monitor-state.json"  # before states were kept per target: read, never written
+STATE_PREFIX = "health-monitor-state-"
 _HISTORY_NAME = re.compile(r"^health-history-(\d{8})\.jsonl$")
 
 
@@ -94,7 +97,8 @@ class History:
                 files.append(path)
         low, high = iso(since), iso(until)
         for path in sorted(files):
-            with path.open(encoding="utf-8") as handle:
+            # a line that is not UTF-8 (a disk error, a foreign writer) is skipped like a torn one
+            with path.open(encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     try:
                         record = json.loads(line)
@@ -124,16 +128,36 @@ def write_incident(logs_dir: Path, incident: Incident, target: str, state: str) 
     return path
 
 
-def load_state(logs_dir: Path) -> dict[str, Any] | None:
-    path = logs_dir / STATE_FILE
+def state_path(logs_dir: Path, target: str | None) -> Path:
+    """The alert state file of a target (by its id); None: the file of before targets."""
+    return logs_dir / (f"{STATE_PREFIX}{target}.json" if target else STATE_FILE)
+
+
+def load_state(logs_dir: Path, target: str | None = None) -> dict[str, Any] | None:
+    """The target's alert state; a target with none yet takes over the state file of before
+    targets were told apart, if there is one."""
+    for path in dict.fromkeys((state_path(logs_dir, target), state_path(logs_dir, None))):
+        data = _read_state(path)
+        if data is not None:
+            return data
+    return None
+
+
+def all_states(logs_dir: Path) -> list[dict[str, Any]]:
+    """The alert state of every target (for retention: no open incident's file is pruned)."""
+    paths = [*logs_dir.glob(f"{STATE_PREFIX}*.json"), logs_dir / STATE_FILE]
+    return [data for path in paths if (data := _read_state(path)) is not None]
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        return None  # unreadable state: start afresh rather than refuse to monitor
+        return None  # unreadable (or not UTF-8) state: start afresh rather than refuse to monitor
     return data if isinstance(data, dict) else None
 
 
-def save_state(logs_dir: Path, data: dict[str, Any]) -> None:
-    write_json(logs_dir / STATE_FILE, data)
+def save_state(logs_dir: Path, data: dict[str, Any], target: str | None = None) -> None:
+    write_json(state_path(logs_dir, target), data)

@@ -114,6 +114,7 @@ class RunLog:
         self.path = path
         self.ui = ui
         self.redact = redact
+        self.failed = False  # the log file could not be written (said once)
         self._lock = threading.Lock()
 
     def write(self, text: str, *, echo: bool = True, style: str | None = None, step: str = "") -> None:
@@ -122,12 +123,18 @@ class RunLog:
             prefix = f"{iso(utc_now())} {('[' + step + '] ') if step else ''}"
             data = "".join(prefix + line + "\n" for line in text.splitlines() or [""])
             with self._lock:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
-                    os.write(fd, data.encode("utf-8"))
-                finally:
-                    os.close(fd)
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                    try:
+                        os.write(fd, data.encode("utf-8"))
+                    finally:
+                        os.close(fd)
+                except OSError as exc:  # the journal, written next, is what stops the run
+                    if not self.failed:
+                        self.ui.say(f"warning: cannot write the run log {self.path} "
+                                    f"({exc.strerror}); the journal keeps the record", "yellow")
+                    self.failed = True
         if echo:
             self.ui.say(text, style)
 
@@ -192,7 +199,8 @@ class Run:
         self.dry = dry
         self.record = record
         self.started = started or (record.started_at if record and record.started_at else utc_now())
-        self.run_id = run_id or (record.run_id if record else f"{stamp(self.started)}-{options.phase}")
+        self.run_id = run_id or (record.run_id if record else
+                                 f"{stamp(self.started)}-{options.phase}-{settings.identity.id}")
         self.facts: dict[str, Any] = dict(record.facts) if record else {}
         self.redact = Redactor(settings.secrets.values())
         self.journal: Journal | None = None

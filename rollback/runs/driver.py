@@ -80,9 +80,12 @@ def _resumable(settings: Settings, options: Options, new: bool,
                given: frozenset[str]) -> RunRecord | None:
     """The unfinished run of this phase, unless --new. Options the operator gave explicitly
     (`given`) must match the ones the run was started with; the others are taken from it."""
-    record = unfinished_run(settings.paths.logs_dir.resolve(), options.phase)
+    record = unfinished_run(settings.paths.logs_dir.resolve(), options.phase, settings.identity.id)
     if record is None or new:
         return None
+    if "gate" not in record.completed:  # what reported the gate's old result says it again
+        again = {step.name for step in steps_for(Options(**record.options)) if step.after_gate_failure}
+        record.completed = [name for name in record.completed if name not in again]
     asked = options.as_dict()
     clash = [name for name in given if record.options.get(name) != asked.get(name)]
     if clash:
@@ -150,7 +153,8 @@ def execute(settings: Settings, options: Options, ui: Ui, *, yes: bool = False, 
     `given` names the options the operator set explicitly; a resumed run keeps its own."""
     check_options(options)
     record = _resumable(settings, options, new, given)
-    other = half_done_elsewhere(settings.paths.logs_dir.resolve(), options.phase)
+    other = half_done_elsewhere(settings.paths.logs_dir.resolve(), options.phase,
+                                settings.identity.id)
     if other is not None:
         raise StepFailed(
             f"run {other.run_id} of {other.phase} is unfinished and left changes in place "
@@ -193,11 +197,13 @@ def _execute(run: Run, driver: list[Step], yes: bool) -> Outcome:
             raise Interrupted("cancelled at the confirmation: nothing was changed") from None
     if run.record is None:
         run.journal = Journal.create(run.logs_dir, run.run_id)
-        run.journal.write("run_started", phase=run.options.phase, options=run.options.as_dict(), **who())
+        run.journal.write("run_started", phase=run.options.phase, options=run.options.as_dict(),
+                          target=run.settings.identity.as_dict(), **who())
     else:
         run.journal = Journal(run.record.path, run.run_id)
         run.journal.write("run_resumed", completed=run.record.completed,
-                          previous=_how_it_ended(run.record), **who())
+                          previous=_how_it_ended(run.record),
+                          target=run.settings.identity.as_dict(), **who())
     run.say(f"run {run.run_id}: log {run.log_path}, journal {run.journal.path}", "dim")
     for number, described in enumerate(plan.steps, start=1):
         run.note(f"plan {number}. {described.title} [{described.state}]: " + " / ".join(described.lines))
@@ -288,14 +294,14 @@ def _journal_step(run: Run, step: Step, done: Done, elapsed: float) -> None:
 
 def _finish(run: Run, state: str, error: str | None = None) -> RunRecord:
     assert run.journal is not None
-    duration = (utc_now() - run.started).total_seconds()
+    duration = run.journal.replay().active_s(utc_now())  # not the confirmation, not the gaps
     extra: dict[str, Any] = {"error": run.redact(error)} if error else {}
     run.journal.write("run_finished", state=state, duration_s=round(duration, 3), **extra)
     return run.journal.replay()
 
 
 def _abandon(settings: Settings, options: Options, ui: Ui) -> None:
-    record = unfinished_run(settings.paths.logs_dir.resolve(), options.phase)
+    record = unfinished_run(settings.paths.logs_dir.resolve(), options.phase, settings.identity.id)
     if record is None:
         return
     Journal(record.path, record.run_id).write("run_abandoned", reason="--new", **who())
@@ -459,9 +465,22 @@ def _restore_fase3(run: Run) -> str:
 # --- history -------------------------------------------------------------------------------------
 
 
-def history(settings: Settings, phase: str | None = None) -> list[RunRecord]:
+def history(settings: Settings, phase: str | None = None,
+            target: str | None = None) -> list[RunRecord]:
+    """Runs, oldest first; `target` keeps those of one target: an id (or its first 4+
+    characters), a [target] name, or "current" (the target these settings point at)."""
     runs = all_runs(settings.paths.logs_dir.resolve())
-    return [r for r in runs if phase is None or r.phase == phase]
+    if target == "current":
+        target = settings.identity.id
+    return [r for r in runs if (phase is None or r.phase == phase)
+            and (target is None or _is_target(r, target))]
+
+
+def _is_target(record: RunRecord, wanted: str) -> bool:
+    tid = record.target_id or ""
+    if len(wanted) >= 4 and tid.startswith(wanted):
+        return True
+    return bool(record.target) and record.target.get("name") == wanted
 
 
 def describe_state(record: RunRecord) -> str:

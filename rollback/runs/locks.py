@@ -1,9 +1,14 @@
 """Two locks keep a second run away: a file in the repository's `.git` and a PostgreSQL advisory lock.
 
-The lock file (`.git/rollback.lock`, so the working tree stays clean) names its holder:
+The lock file (`.git/rollback.lock`, so the working tree stays clean) names its holder and
+its target (the run id ends with the target's id too):
 
-    {"run_id": "20260122T101500Z-fase2", "phase": "fase2", "pid": 4242, "host": "ops-1",
-     "user": "ana", "since": "2026-01-22T10:15:00.000Z"}
+    {"run_id": "20260122T101500Z-fase2-3f9a1c0b", "phase": "fase2", "target": "3f9a1c0b",
+     "pid": 4242, "host": "ops-1", "user": "ana", "since": "2026-01-22T10:15:00.000Z"}
+
+Both locks are the target's own: the file lives in the target's repository and the advisory
+lock in its database (PostgreSQL scopes advisory locks to one database), so a run of one target
+never waits for another's.
 
 The file is locked with flock(2): the kernel lets go of it when the holder dies, so a file left
 by a killed run is stale and the next run takes it over and says so (a build or deploy command
@@ -97,14 +102,15 @@ class RepoLock:
     phase: str
     held: bool = False
     fd: int | None = None
+    target: str | None = None
 
     @property
     def path(self) -> Path:
         return lock_path(self.repo)
 
     def acquire(self) -> str | None:
-        content = json.dumps({"run_id": self.run_id, "phase": self.phase, **who(),
-                              "since": iso(utc_now())})
+        content = json.dumps({"run_id": self.run_id, "phase": self.phase, "target": self.target,
+                              **who(), "since": iso(utc_now())})
         for _ in range(5):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -202,7 +208,8 @@ class DatabaseLock:
                 """SELECT a.application_name, a.pid, a.client_addr::text, a.backend_start
                      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                     WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
-                      AND l.granted""",
+                      AND l.granted AND l.database = (SELECT oid FROM pg_database
+                                                       WHERE datname = current_database())""",
                 (ADVISORY_KEYS[0] & 0xFFFFFFFF, ADVISORY_KEYS[1]),
             ).fetchone()
             conn.close()
@@ -239,7 +246,8 @@ def advisory_holder(conn: psycopg.Connection[Any]) -> str | None:
     """Who holds the run lock now, for the read-only plan; None when it is free."""
     row = conn.execute(
         """SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-            WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted""",
+            WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
         (ADVISORY_KEYS[0] & 0xFFFFFFFF, ADVISORY_KEYS[1]),
     ).fetchone()
     return (row[0] or "an unnamed session") if row else None

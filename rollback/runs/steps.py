@@ -173,6 +173,17 @@ class Preflight(Step):
             raise UsageError(f"unknown phase {run.options.phase!r}: choose fase1, fase2 or fase3")
         return [f"configuration {run.settings.source or '(defaults and environment)'}: valid"]
 
+    def _storage(self, run: Run, write: bool) -> list[str]:
+        """The run's folders (logs with the journal and backups, reports with the gate's reports
+        and the messages) can be written and have room, before anything changes. The plan only
+        looks; the run writes a file into each (a read-only mount or a full disk shows)."""
+        from rollback.runs.journal import check_room, room_line
+
+        need = run.settings.paths.min_free_mb
+        look = check_room if write else room_line
+        return [look(run.logs_dir, need, "logs and backups folder"),
+                look(run.settings.paths.reports_dir.resolve(), need, "reports folder")]
+
     def _repo(self, run: Run, resuming_code: bool) -> tuple[str, str | None, str]:
         repo = run.repo
         busy = gitops.operation_in_progress(repo)
@@ -236,6 +247,7 @@ class Preflight(Step):
 
     def describe(self, run: Run) -> StepPlan:
         lines = self._config(run)
+        lines += self._storage(run, write=False)
         head, branch, text = self._repo(run, resuming_code=False)
         lines.append(text)
         lines += self._reachable(run)
@@ -260,7 +272,8 @@ class Preflight(Step):
         resuming_code = bool(run.record and run.record.steps.get("code", {}).get("state") in
                              ("running", "failed"))
         self._config(run)
-        lock = RepoLock(run.repo, run.run_id, run.options.phase)
+        room = self._storage(run, write=True)
+        lock = RepoLock(run.repo, run.run_id, run.options.phase, target=run.settings.identity.id)
         note = lock.acquire()
         run.repo_lock = lock
         run.cleanups.append(lock.release)
@@ -280,7 +293,8 @@ class Preflight(Step):
                 + "; ".join(state_lines) + "; nothing to do")
         locks = "repository" + (" and database" if run.options.touches_database else "")
         return Done(f"{text}; {locks} locked; " + "; ".join(state_lines[:1]),
-                    {"preflight": {"head": head, "branch": branch, "checks": [text, *reach]}})
+                    {"preflight": {"head": head, "branch": branch,
+                                   "checks": [text, *reach, *room]}})
 
 
 # --- baseline ------------------------------------------------------------------------------------

@@ -1,0 +1,728 @@
+"""FASE 2's database action: branch keys become tenant keys, resumably, and the undo.
+
+In the backup schema (`[run] backup_schema`, default `rollback_backup`):
+
+    runs                      one row per backup: run id, table, row count, checksum, CSV path
+    fase2_keys_<stamp>        the pre-image of every key the run converts: all api_keys columns,
+                              exactly as they were, plus `rollback_run_id`
+    fase2_progress            one row per committed batch: run id, batch number, last key id,
+                              rows converted; written in the same transaction as the batch
+
+The conversion walks the backup table by id in batches; a batch and its progress row commit
+together under `SET LOCAL lock_timeout`, and a batch that cannot get its locks is retried. A
+rerun starts after the last committed batch. The undo (`restore_fase2`) updates the rows that
+are still in `api_keys` in place, by id, from the pre-image: it never inserts a row that is
+still there (the original scripts' `\\copy api_keys FROM backup.csv` did).
+
+The step runs before the deploy: the FASE 2 code still live reads a tenant key as a tenant key,
+and the reverted code, which no longer knows branch keys, never meets one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg import sql
+
+from rollback.actions import DatabaseAction
+from rollback.errors import StepFailed
+from rollback.runs.core import Done, Options, Run, Step, StepPlan, still_locked
+from rollback.runs.dbops import (
+    RUN_TAG,
+    BatchPolicy,
+    backoff,
+    checksum_columns,
+    connect,
+    file_sha256,
+    has_column,
+    read_only,
+    rows_checksum,
+    table_exists,
+)
+from rollback.runs.locks import first_line
+
+#: the columns the conversion changes (and the undo puts back)
+CONVERTED_COLUMNS = ("scope_type", "branch_id", "updated_at")
+#: the plan lists keys one by one up to these numbers (its --json form lists all)
+MAX_TENANTS_LISTED, MAX_KEYS_LISTED = 200, 25
+
+
+# --- FASE 2: what will change ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyCounts:
+    total: int
+    active: int
+
+
+def key_counts(conn: psycopg.Connection[Any]) -> KeyCounts:
+    row = conn.execute("SELECT count(*), count(*) FILTER (WHERE is_active) FROM api_keys").fetchone()
+    assert row is not None
+    return KeyCounts(int(row[0]), int(row[1]))
+
+
+@dataclass(frozen=True)
+class AffectedKey:
+    id: str
+    name: str
+    hint: str
+    active: bool
+    branch_id: str | None
+    branch_name: str | None
+
+    def label(self) -> str:
+        state = "" if self.active else " (inactive)"
+        return f"{self.name} …{self.hint}{state}, branch {self.branch_name or self.branch_id}"
+
+
+@dataclass(frozen=True)
+class AffectedTenant:
+    tenant_id: str
+    name: str
+    slug: str
+    branches: int
+    keys: tuple[AffectedKey, ...]
+
+    @property
+    def active_keys(self) -> int:
+        return sum(1 for k in self.keys if k.active)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tenant_id": self.tenant_id, "name": self.name, "slug": self.slug,
+                "branches": self.branches, "keys": len(self.keys), "active_keys": self.active_keys,
+                "key_list": [k.__dict__ for k in self.keys]}
+
+
+_AFFECTED = """
+    SELECT t.id::text, t.name, t.slug,
+           (SELECT count(*) FROM branches x WHERE x.tenant_id = t.id),
+           k.id::text, k.name, k.key_hint, k.is_active AND k.revoked_at IS NULL,
+           k.branch_id::text, b.name
+      FROM {keys} k
+      JOIN tenants t ON t.id = k.tenant_id
+      LEFT JOIN branches b ON b.id = k.branch_id
+     {where}
+     ORDER BY t.slug, k.name, k.id
+"""
+
+
+def _tenants_from(rows: list[tuple[Any, ...]]) -> list[AffectedTenant]:
+    grouped: dict[str, tuple[tuple[str, str, int], list[AffectedKey]]] = {}
+    for tid, tname, slug, branches, kid, kname, hint, active, bid, bname in rows:
+        entry = grouped.setdefault(tid, ((tname, slug, int(branches)), []))
+        entry[1].append(AffectedKey(kid, kname, hint, bool(active), bid, bname))
+    return [AffectedTenant(tid, meta[0], meta[1], meta[2], tuple(keys))
+            for tid, (meta, keys) in grouped.items()]
+
+
+def branch_keys_now(conn: psycopg.Connection[Any]) -> list[AffectedTenant]:
+    """Every branch-scoped key now, by tenant: what the conversion will widen."""
+    if not has_column(conn, "api_keys", "scope_type"):
+        return []
+    query = sql.SQL(_AFFECTED).format(keys=sql.Identifier("api_keys"),
+                                      where=sql.SQL("WHERE k.scope_type = 'branch'"))
+    return _tenants_from(conn.execute(query).fetchall())
+
+
+def affected_from_backup(conn: psycopg.Connection[Any], schema: str, table: str) -> list[AffectedTenant]:
+    """The keys a run converted, by tenant, read from its backup (never from recent updates)."""
+    query = sql.SQL(_AFFECTED).format(keys=sql.Identifier(schema, table), where=sql.SQL(""))
+    return _tenants_from(conn.execute(query).fetchall())
+
+
+def affected_counts(conn: psycopg.Connection[Any], schema: str, table: str) -> tuple[int, int]:
+    """(tenants, active keys) a run converted, counted in the database from its backup: the
+    backup step needs only these, and one GROUP BY costs a fraction of building every key."""
+    row = conn.execute(sql.SQL(
+        "SELECT count(DISTINCT tenant_id), count(*) FILTER (WHERE is_active AND revoked_at IS NULL) "
+        "FROM {}").format(sql.Identifier(schema, table))).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def _next_batch(conn: psycopg.Connection[Any], backup: sql.Identifier, after: str | None,
+                policy: BatchPolicy) -> list[Any]:
+    """In the batch's transaction: its lock_timeout, and the next keys of the backup by id."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+        sql.Literal(f"{policy.lock_timeout_ms}ms")))
+    return [r[0] for r in conn.execute(sql.SQL(
+        "SELECT id FROM {} WHERE %s::uuid IS NULL OR id > %s::uuid ORDER BY id LIMIT %s"
+    ).format(backup), (after, after, policy.size)).fetchall()]
+
+
+# --- FASE 2: backup --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fase2Backup:
+    run_id: str
+    schema: str
+    table: str
+    row_count: int
+    checksum: str
+    csv: Path | None
+    csv_sha256: str | None
+    key_counts_before: KeyCounts
+
+    def as_facts(self) -> dict[str, Any]:
+        return {"schema": self.schema, "table": self.table, "row_count": self.row_count,
+                "checksum": self.checksum, "csv": str(self.csv) if self.csv else None,
+                "csv_sha256": self.csv_sha256,
+                "key_counts_before": {"total": self.key_counts_before.total,
+                                      "active": self.key_counts_before.active}}
+
+
+def backup_table_name(run_id: str) -> str:
+    return "fase2_keys_" + re.sub(r"[^a-z0-9_]", "_", run_id.lower())[:40]
+
+
+def ensure_backup_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {}.runs ("
+        " run_id text PRIMARY KEY, phase text NOT NULL, backup_table text NOT NULL,"
+        " row_count integer NOT NULL, checksum text NOT NULL, csv_path text,"
+        " key_total integer NOT NULL, key_active integer NOT NULL,"
+        " created_at timestamptz NOT NULL DEFAULT now())").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {}.fase2_progress ("
+        " run_id text NOT NULL, batch integer NOT NULL, last_key_id uuid NOT NULL,"
+        " converted integer NOT NULL, committed_at timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY (run_id, batch))").format(sql.Identifier(schema)))
+
+
+
+
+
+
+def api_keys_checksum(conn: psycopg.Connection[Any], ids_from: tuple[str, str] | None = None) -> str:
+    """Checksum of api_keys (without usage columns); only the ids of a backup table if given."""
+    where: sql.Composable = sql.SQL("")
+    if ids_from:
+        where = sql.SQL("WHERE id IN (SELECT id FROM {})").format(sql.Identifier(*ids_from))
+    return rows_checksum(conn, sql.Identifier("api_keys"), checksum_columns(conn), where)
+
+
+def existing_backup(conn: psycopg.Connection[Any], schema: str, run_id: str) -> dict[str, Any] | None:
+    if not table_exists(conn, schema, "runs"):
+        return None
+    row = conn.execute(sql.SQL(
+        "SELECT backup_table, row_count, checksum, csv_path, key_total, key_active "
+        "FROM {}.runs WHERE run_id = %s").format(sql.Identifier(schema)), (run_id,)).fetchone()
+    if row is None:
+        return None
+    return {"table": row[0], "row_count": row[1], "checksum": row[2], "csv": row[3],
+            "key_total": row[4], "key_active": row[5]}
+
+
+def backup_fase2(conn: psycopg.Connection[Any], *, schema: str, run_id: str, csv_path: Path) -> Fase2Backup:
+    """Copy every branch key, as it is, into a table of its own and a CSV; idempotent per run.
+
+    One transaction: the table, its rows and the `runs` row appear together or not at all. The
+    CSV (mode 0600: it holds key hashes) is written from the table afterwards, also on a rerun.
+    """
+    found = existing_backup(conn, schema, run_id)
+    if found is None:
+        table = backup_table_name(run_id)
+        with conn.transaction():
+            ensure_backup_schema(conn, schema)
+            counts = key_counts(conn)
+            conn.execute(sql.SQL(
+                "CREATE TABLE {bk} AS SELECT k.*, %s::text AS {tag} FROM api_keys k "
+                "WHERE k.scope_type = 'branch' ORDER BY k.id").format(
+                    bk=sql.Identifier(schema, table), tag=sql.Identifier(RUN_TAG)), (run_id,))
+            conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(
+                sql.Identifier(schema, table)))
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                sql.Identifier(schema, table),
+                sql.Literal(f"pre-image of the api_keys rows converted by rollback run {run_id}")))
+            rows = _count(conn, schema, table)
+            checksum = rows_checksum(conn, sql.Identifier(schema, table),
+                                     checksum_columns(conn, schema, table))
+            conn.execute(sql.SQL(
+                "INSERT INTO {}.runs (run_id, phase, backup_table, row_count, checksum, csv_path, "
+                "key_total, key_active) VALUES (%s, 'fase2', %s, %s, %s, %s, %s, %s)").format(
+                    sql.Identifier(schema)),
+                (run_id, table, rows, checksum, str(csv_path), counts.total, counts.active))
+        found = existing_backup(conn, schema, run_id)
+        assert found is not None
+    conn.commit()
+    csv_sha = write_backup_csv(conn, schema, found["table"], csv_path)
+    return Fase2Backup(run_id, schema, found["table"], int(found["row_count"]), found["checksum"],
+                       csv_path, csv_sha, KeyCounts(int(found["key_total"]), int(found["key_active"])))
+
+
+def _count(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()
+    return int(row[0]) if row else 0
+
+
+def write_backup_csv(conn: psycopg.Connection[Any], schema: str, table: str, path: Path) -> str:
+    """Write the backup table as CSV with a header (mode 0600); returns the file's SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "wb") as handle, conn.cursor() as cur, cur.copy(
+        sql.SQL("COPY (SELECT * FROM {} ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)").format(
+            sql.Identifier(schema, table))) as copy:
+        for chunk in copy:
+            handle.write(chunk)
+            digest.update(chunk)
+    conn.commit()
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return digest.hexdigest()
+
+
+
+
+
+@dataclass
+class Conversion:
+    batches: int = 0
+    converted: int = 0
+    retries: int = 0
+    resumed_after: int = 0
+    late_keys: int = 0
+    remaining: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def progress(conn: psycopg.Connection[Any], schema: str, run_id: str) -> tuple[int, str | None, int]:
+    """(last batch number, last key id, rows converted) committed so far by this run."""
+    if not table_exists(conn, schema, "fase2_progress"):
+        return 0, None, 0
+    row = conn.execute(sql.SQL(
+        "SELECT coalesce(max(batch), 0), (SELECT last_key_id::text FROM {p} WHERE run_id = %s "
+        "ORDER BY batch DESC LIMIT 1), coalesce(sum(converted), 0) FROM {p} WHERE run_id = %s"
+    ).format(p=sql.Identifier(schema, "fase2_progress")), (run_id, run_id)).fetchone()
+    assert row is not None
+    return int(row[0]), row[1], int(row[2])
+
+
+
+
+def _retrying(policy: BatchPolicy, what: str, result: Conversion,
+              log: Callable[[str], None], action: Callable[[], int]) -> int:
+    attempt = 0
+    while True:
+        try:
+            return action()
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
+                psycopg.errors.SerializationFailure, psycopg.errors.QueryCanceled) as exc:
+            attempt += 1
+            result.retries += 1
+            if attempt > policy.retries:
+                raise StepFailed(
+                    f"{what}: still blocked after {policy.retries} retries ({first_line(exc)}); the "
+                    "batches committed so far stay converted: rerun to continue, or raise "
+                    "[run] lock_timeout_ms") from None
+            wait = backoff(policy.backoff_s, attempt - 1)
+            log(f"{what}: {first_line(exc)}; retry {attempt}/{policy.retries} in {wait:.1f} s")
+            time.sleep(wait)
+
+
+def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: str, run_id: str,
+                        policy: BatchPolicy, log: Callable[[str], None],
+                        guard: Callable[[], None] = lambda: None) -> Conversion:
+    """Convert the keys of the backup table to tenant keys, batch by batch, resumable.
+
+    `guard` runs before every attempt at a batch and raises to stop (the run lost its lock).
+
+    Each batch: SET LOCAL lock_timeout, UPDATE the next `policy.size` keys (by id, after the last
+    committed batch) that are still branch-scoped, INSERT its progress row, COMMIT. Then keys that
+    became branch-scoped after the backup (none, normally) are backed up and converted the same
+    way, so that no branch key remains.
+    """
+    result = Conversion()
+    batch, last_id, converted = progress(conn, schema, run_id)
+    conn.commit()
+    # totals of the run, over every attempt: a resumed run reports all its batches, not its last part
+    result.resumed_after, result.batches, result.converted = batch, batch, converted
+    if batch:
+        log(f"continuing after batch {batch} ({converted} keys already converted by this run)")
+    backup = sql.Identifier(schema, table)
+    progress_table = sql.Identifier(schema, "fase2_progress")
+
+    def one_batch() -> int:
+        nonlocal batch, last_id
+        guard()
+        with conn.transaction():
+            ids = _next_batch(conn, backup, last_id, policy)
+            if not ids:
+                return -1
+            updated = conn.execute(
+                "UPDATE api_keys SET scope_type = 'tenant', branch_id = NULL, updated_at = now() "
+                "WHERE id = ANY(%s) AND scope_type = 'branch'", (ids,)).rowcount
+            conn.execute(sql.SQL(
+                "INSERT INTO {} (run_id, batch, last_key_id, converted) VALUES (%s, %s, %s, %s)"
+            ).format(progress_table), (run_id, batch + 1, ids[-1], updated))
+        batch, last_id = batch + 1, str(ids[-1])
+        return updated
+
+    while True:
+        done = _retrying(policy, f"batch {batch + 1}", result, log, one_batch)
+        if done < 0:
+            break
+        result.batches += 1
+        result.converted += done
+        log(f"batch {batch}: {done} keys converted (total {result.converted})")
+
+    def late_batch() -> int:
+        nonlocal batch
+        guard()
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                sql.Literal(f"{policy.lock_timeout_ms}ms")))
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM api_keys WHERE scope_type = 'branch' ORDER BY id LIMIT %s "
+                "FOR UPDATE", (policy.size,)).fetchall()]
+            if not ids:
+                return -1
+            conn.execute(sql.SQL(
+                "INSERT INTO {} SELECT k.*, %s FROM api_keys k WHERE k.id = ANY(%s) "
+                "ON CONFLICT (id) DO NOTHING").format(backup), (run_id, ids))
+            updated = conn.execute(
+                "UPDATE api_keys SET scope_type = 'tenant', branch_id = NULL, updated_at = now() "
+                "WHERE id = ANY(%s)", (ids,)).rowcount
+            conn.execute(sql.SQL(
+                "INSERT INTO {} (run_id, batch, last_key_id, converted) VALUES (%s, %s, %s, %s)"
+            ).format(progress_table), (run_id, batch + 1, max(ids), updated))
+            _refresh_registry(conn, schema, table, run_id)
+        batch += 1
+        return updated
+
+    while True:
+        done = _retrying(policy, "late keys", result, log, late_batch)
+        if done < 0:
+            break
+        result.batches += 1
+        result.converted += done
+        result.late_keys += done
+        log(f"{done} keys became branch-scoped after the backup: backed up and converted")
+    row = conn.execute("SELECT count(*) FROM api_keys WHERE scope_type = 'branch'").fetchone()
+    conn.commit()
+    result.remaining = int(row[0]) if row else 0
+    return result
+
+
+def _refresh_registry(conn: psycopg.Connection[Any], schema: str, table: str, run_id: str) -> None:
+    rows = _count(conn, schema, table)
+    checksum = rows_checksum(conn, sql.Identifier(schema, table), checksum_columns(conn, schema, table))
+    conn.execute(sql.SQL("UPDATE {}.runs SET row_count = %s, checksum = %s WHERE run_id = %s").format(
+        sql.Identifier(schema)), (rows, checksum, run_id))
+
+
+# --- FASE 2: undo ------------------------------------------------------------------------------
+
+
+@dataclass
+class Fase2Restore:
+    rows: int = 0
+    restored: int = 0
+    unchanged: int = 0
+    missing: list[str] = field(default_factory=list)       # keys deleted since the backup
+    changed_since: list[str] = field(default_factory=list)  # scope changed by someone else since
+    checksum_before: str = ""
+    checksum_after: str = ""
+    differing: list[str] = field(default_factory=list)  # keys changed since, other than scope
+    #: keys that could not be put back, with the database's reason (e.g. their branch is gone)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: keys whose platform-owned columns (its triggers and counters) differ: never a mismatch
+    platform_rewrote: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return self.checksum_before == self.checksum_after
+
+
+def verify_backup(conn: psycopg.Connection[Any], schema: str, run_id: str) -> dict[str, Any]:
+    """The backup's registry row, after checking its table still matches its checksum."""
+    found = existing_backup(conn, schema, run_id)
+    if found is None:
+        raise StepFailed(f"run {run_id} has no FASE 2 backup in {schema}.runs: nothing to restore")
+    table = found["table"]
+    if not table_exists(conn, schema, table):
+        raise StepFailed(f"backup table {schema}.{table} of run {run_id} is gone: restore from the "
+                         f"CSV ({found['csv']}) by hand")
+    actual = rows_checksum(conn, sql.Identifier(schema, table), checksum_columns(conn, schema, table))
+    if actual != found["checksum"]:
+        raise StepFailed(f"backup table {schema}.{table} does not match its checksum "
+                         f"({actual[:12]} != {found['checksum'][:12]}): it was changed after the "
+                         "backup; refusing to restore from it")
+    return found
+
+
+def restore_fase2(conn: psycopg.Connection[Any], *, schema: str, run_id: str, policy: BatchPolicy,
+                  log: Callable[[str], None],
+                  platform_owned: Sequence[str] = ()) -> Fase2Restore:
+    """Put the converted keys back from the pre-image, in place, in batches; verify by checksum.
+
+    Only the columns the conversion changed are written back (scope, branch, updated_at); a key
+    someone revoked or renamed since stays revoked and renamed. A key whose scope was changed by
+    someone else since the rollback is left alone and reported; a deleted key is not re-created.
+
+    `platform_owned` are columns the platform rewrites itself (the profile's managed columns and
+    what its triggers set, such as `branch_context`): the verification leaves them out and
+    reports the keys whose values there changed apart, never as a mismatch. A batch the
+    database refuses (a key whose branch was deleted since: the foreign key, or the platform's
+    own branch trigger) is retried key by key: each refused key is reported with the reason and
+    the others are restored.
+    """
+    found = verify_backup(conn, schema, run_id)
+    conn.commit()
+    table = found["table"]
+    backup = sql.Identifier(schema, table)
+    result = Fase2Restore(rows=int(found["row_count"]), checksum_before=found["checksum"])
+    result.missing = [r[0] for r in conn.execute(sql.SQL(
+        "SELECT b.id::text FROM {} b WHERE NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.id = b.id) "
+        "ORDER BY b.id").format(backup)).fetchall()]
+    result.changed_since = [r[0] for r in conn.execute(sql.SQL(
+        "SELECT b.id::text FROM {} b JOIN api_keys k ON k.id = b.id "
+        "WHERE NOT (k.scope_type = 'tenant' AND k.branch_id IS NULL) "
+        "AND (k.scope_type, k.branch_id) IS DISTINCT FROM (b.scope_type, b.branch_id) ORDER BY b.id"
+    ).format(backup)).fetchall()]
+    conn.commit()
+    counter = Conversion()
+    last_id: str | None = None
+
+    put_back = sql.SQL(
+        "UPDATE api_keys k SET scope_type = b.scope_type, branch_id = b.branch_id, "
+        "updated_at = b.updated_at FROM {} b "
+        "WHERE b.id = k.id AND k.id = ANY(%s) "
+        "AND k.scope_type = 'tenant' AND k.branch_id IS NULL "
+        "AND (k.scope_type, k.branch_id, k.updated_at) IS DISTINCT FROM "
+        "    (b.scope_type, b.branch_id, b.updated_at)").format(backup)
+
+    def one_batch() -> int:
+        nonlocal last_id
+        with conn.transaction():
+            ids = _next_batch(conn, backup, last_id, policy)
+            if not ids:
+                return -1
+            try:
+                with conn.transaction():  # a savepoint: a refused batch is redone key by key
+                    updated = conn.execute(put_back, (ids,)).rowcount
+            except (psycopg.errors.IntegrityError, psycopg.errors.RaiseException) as exc:
+                log(f"a batch was refused ({first_line(exc)}): restoring its keys one by one")
+                updated = 0
+                for key_id in ids:
+                    try:
+                        with conn.transaction():
+                            updated += conn.execute(put_back, ([key_id],)).rowcount
+                    except (psycopg.errors.IntegrityError, psycopg.errors.RaiseException) as one:
+                        result.failed.append((str(key_id), first_line(one)))
+        last_id = str(ids[-1])
+        return updated
+
+    while True:
+        done = _retrying(policy, "restore batch", counter, log, one_batch)
+        if done < 0:
+            break
+        result.restored += done
+        if done:
+            log(f"restored {result.restored} keys so far")
+    present = result.rows - len(result.missing) - len(result.changed_since) - len(result.failed)
+    result.unchanged = present - result.restored
+    # verification: the rows still there equal their pre-image, column for column, but for the
+    # usage counters and what the platform rewrites itself (its triggers run on the restore too)
+    owned = set(platform_owned)
+    cols = [c for c in checksum_columns(conn, schema, table) if c not in owned]
+    skip = result.missing + result.changed_since + [key_id for key_id, _ in result.failed]
+    where = sql.SQL("WHERE NOT (id::text = ANY({}))").format(sql.Literal(skip))
+    result.checksum_before = rows_checksum(conn, backup, cols, where)
+    result.checksum_after = rows_checksum(
+        conn, sql.Identifier("api_keys"), cols,
+        sql.SQL("WHERE id IN (SELECT id FROM {}) AND NOT (id::text = ANY({}))").format(
+            backup, sql.Literal(skip)))
+    if result.checksum_after != result.checksum_before:
+        result.differing = differing_keys(conn, backup, cols, skip)
+    rewritten = [c for c in checksum_columns(conn, schema, table) if c in owned]
+    if rewritten:
+        result.platform_rewrote = differing_keys(conn, backup, rewritten, skip)
+    conn.commit()
+    return result
+
+
+def differing_keys(conn: psycopg.Connection[Any], backup: sql.Composable, cols: list[str],
+                   skip: Sequence[str] = ()) -> list[str]:
+    """Keys whose row differs from the pre-image in one of `cols`, with those columns."""
+    found = []
+    rows = conn.execute(sql.SQL(
+        "SELECT b.id::text, to_jsonb(b), to_jsonb(k) FROM {} b JOIN api_keys k ON k.id = b.id "
+        "ORDER BY b.id").format(backup)).fetchall()
+    for key_id, before, after in rows:
+        if key_id in skip:
+            continue
+        changed = [c for c in cols if before.get(c) != after.get(c)]
+        if changed:
+            found.append(f"{key_id} ({', '.join(changed)})")
+    return found
+
+# --- the action ----------------------------------------------------------------------------------
+
+
+def batch_policy(run: Run) -> BatchPolicy:
+    settings = run.settings.run
+    return BatchPolicy(settings.batch_size, settings.lock_timeout_ms, settings.batch_retries,
+                       settings.retry_backoff_s)
+
+
+class ConvertBranchKeys(DatabaseAction):
+    kind: ClassVar[str] = "convert_branch_keys"
+    before_deploy: ClassVar[bool] = True
+
+    def active(self, options: Options) -> bool:
+        return True
+
+    def pending(self, run: Run, conn: psycopg.Connection[Any]) -> tuple[str, int]:
+        return "branch_keys", sum(len(t.keys) for t in branch_keys_now(conn))
+
+    def describe_backup(self, run: Run) -> tuple[list[str], dict[str, Any]]:
+        with read_only(run.database_url) as conn:
+            keys = sum(len(t.keys) for t in branch_keys_now(conn))
+        return ([f"copy the {keys} branch-scoped keys (all columns, as they are) into "
+                 f"{run.settings.run.backup_schema}.{backup_table_name(run.run_id)} and "
+                 f"{run.dir / 'api_keys_backup.csv'} (mode 0600), with a checksum"], {"keys": keys})
+
+    def backup(self, run: Run) -> tuple[list[str], dict[str, Any]]:
+        csv_path = run.dir / "api_keys_backup.csv"
+        with connect(run.database_url, application_name=f"rollback {run.run_id}") as conn:
+            backup = backup_fase2(conn, schema=run.settings.run.backup_schema, run_id=run.run_id,
+                                  csv_path=csv_path)
+            tenants, active = affected_counts(conn, backup.schema, backup.table)
+        facts = {"fase2_backup": backup.as_facts(),
+                 "affected": {"tenants": tenants, "keys": backup.row_count, "active_keys": active}}
+        return [f"{backup.row_count} branch keys of {tenants} tenants in {backup.schema}."
+                f"{backup.table} and {csv_path.name} (checksum {backup.checksum[:12]})"], facts
+
+    def step(self, run_phase: str) -> Step:
+        return ConvertKeys(self.step_name(run_phase))
+
+    def restore(self, run: Run) -> str:
+        return restore_run(run)
+
+    def undo_hint(self, run: Run) -> str | None:
+        return f"undo the key conversion with `rollback restore fase2 --run {run.run_id}`"
+
+
+class ConvertKeys(Step):
+    title = "Convert branch keys"
+    changes = True
+
+    def __init__(self, name: str = "database") -> None:
+        self.name = name
+
+    def describe(self, run: Run) -> StepPlan:
+        settings = run.settings.run
+        with read_only(run.database_url) as conn:
+            tenants = branch_keys_now(conn)
+        keys = sum(len(t.keys) for t in tenants)
+        lines = [f"convert {keys} branch keys of {len(tenants)} tenants to tenant keys "
+                 f"(scope_type 'tenant', branch_id NULL) in batches of {settings.batch_size}, "
+                 f"lock_timeout {settings.lock_timeout_ms} ms, {settings.batch_retries} retries; "
+                 "no key is deleted or deactivated; before the deploy, so that the reverted "
+                 "code never meets a branch key",
+                 "these keys will read every branch of their tenant (access widens):"]
+        for tenant in tenants[:MAX_TENANTS_LISTED]:
+            lines.append(f"  {tenant.name} ({tenant.slug}, {tenant.branches} branches): "
+                         f"{len(tenant.keys)} keys")
+            lines += [f"    {k.label()}" for k in tenant.keys[:MAX_KEYS_LISTED]]
+            if len(tenant.keys) > MAX_KEYS_LISTED:
+                lines.append(f"    ... and {len(tenant.keys) - MAX_KEYS_LISTED} more "
+                             "(`rollback plan fase2 --json` lists every key)")
+        if len(tenants) > MAX_TENANTS_LISTED:
+            lines.append(f"  ... and {len(tenants) - MAX_TENANTS_LISTED} more tenants "
+                         "(`rollback plan fase2 --json` lists them all)")
+        return self.plan(lines, {"keys": keys, "key_ids": sorted(k.id for t in tenants for k in t.keys),
+                                 "tenants": {t.slug: len(t.keys) for t in tenants}})
+
+    def run(self, run: Run) -> Done:
+        backup = run.facts.get("fase2_backup")
+        if not isinstance(backup, dict):
+            raise StepFailed("no FASE 2 backup in this run's facts: the backup step must run first")
+        try:
+            with connect(run.database_url, application_name=f"rollback {run.run_id}") as conn:
+                result = convert_branch_keys(conn, schema=backup["schema"], table=backup["table"],
+                                             run_id=run.run_id, policy=batch_policy(run),
+                                             log=run.say, guard=lambda: still_locked(run))
+                facts: dict[str, Any] = {"conversion": {
+                    "batches": result.batches, "converted": result.converted,
+                    "retries": result.retries, "late_keys": result.late_keys,
+                    "resumed_after_batch": result.resumed_after}}
+                if result.late_keys:
+                    found = existing_backup(conn, backup["schema"], run.run_id)
+                    assert found is not None
+                    sha = write_backup_csv(conn, backup["schema"], backup["table"], Path(backup["csv"]))
+                    facts["fase2_backup"] = {**backup, "row_count": found["row_count"],
+                                             "checksum": found["checksum"], "csv_sha256": sha}
+        except psycopg.OperationalError as exc:  # the server went away, or ended our session
+            raise StepFailed(f"lost the database connection during the key conversion "
+                             f"({first_line(exc)}): the batches committed so far stay converted; "
+                             f"run `rollback run {run.options.phase}` again to continue from "
+                             "there") from None
+        if result.remaining:
+            raise StepFailed(f"{result.remaining} keys are still branch-scoped after the "
+                             "conversion: rerun to continue")
+        resumed = f", resumed after batch {result.resumed_after}" if result.resumed_after else ""
+        return Done(f"{result.converted} keys converted in {result.batches} batches "
+                    f"({result.retries} retries{resumed}); no branch key remains", facts)
+
+
+def restore_run(run: Run) -> str:
+    """`rollback restore fase2`: the run's converted keys put back from its backup, key by key
+    where a batch is refused; what could not be put back is named with the reason."""
+    backup = run.facts.get("fase2_backup")
+    if not isinstance(backup, dict):
+        raise StepFailed(f"run {run.run_id} made no FASE 2 backup: nothing to restore")
+    csv_path = backup.get("csv")
+    if csv_path and backup.get("csv_sha256"):
+        path = Path(csv_path)
+        if path.is_file() and file_sha256(path) != backup["csv_sha256"]:
+            run.say(f"warning: {path} differs from the CSV the run wrote (checksum); the database "
+                    "backup table is used, which is verified separately", "yellow")
+    with connect(run.database_url, application_name=f"rollback restore {run.run_id}") as conn:
+        if not has_column(conn, "api_keys", "scope_type"):
+            raise StepFailed("api_keys has no scope_type column (FASE 2's migration was undone): "
+                             "re-apply FASE 2's migration before restoring")
+        profile = run.settings.platform
+        owned = (*profile.managed_columns,
+                 *(c for c in profile.fase2.scope_columns if c not in ("scope_type", "branch_id")))
+        result = restore_fase2(conn, schema=backup["schema"], run_id=run.run_id,
+                               policy=batch_policy(run), log=run.say, platform_owned=owned)
+    problems = []
+    if result.failed:
+        problems.append(f"{len(result.failed)} keys could not be put back and keep their tenant "
+                        "scope: " + "; ".join(f"{key_id}: {why}" for key_id, why in result.failed[:5]))
+    if result.missing:
+        problems.append(f"{len(result.missing)} keys were deleted since and are not re-created "
+                        f"({', '.join(result.missing[:5])})")
+    if result.changed_since:
+        problems.append(f"{len(result.changed_since)} keys were re-scoped by someone else since "
+                        f"and were left as they are ({', '.join(result.changed_since[:5])})")
+    if not result.verified:
+        problems.append("after the restore these keys differ from their pre-image in other "
+                        f"columns (changed since the rollback, left as they are): "
+                        f"{', '.join(result.differing[:5])}")
+    summary = (f"{result.restored} of {result.rows} keys restored to their pre-rollback scope "
+               f"({result.unchanged} already were); checksum {result.checksum_after[:12]} "
+               + ("equals the backup's" if result.verified else
+                  f"differs from the backup's {result.checksum_before[:12]}")
+               + " (columns the platform rewrites itself left out)")
+    if result.platform_rewrote:
+        run.say(f"{len(result.platform_rewrote)} restored keys have columns the platform rewrote "
+                f"itself (its triggers and counters, not a mismatch): "
+                f"{', '.join(result.platform_rewrote[:3])}")
+    if problems:
+        raise StepFailed(summary + "; " + "; ".join(problems))
+    return summary
