@@ -62,9 +62,12 @@ class Evidence:
             note=note,
         ))
 
-    def failed_request(self, method: str, url: str, error: str, elapsed_ms: float | None) -> None:
-        """A request that got no HTTP answer (timeout, refused connection)."""
-        self.requests.append(RequestRecord(method, self.redact(url), "no answer", elapsed_ms,
+    def failed_request(self, method: str, url: str, error: str, elapsed_ms: float | None,
+                       status: int | None = None) -> None:
+        """A failed request: with its status when it was answered (a 500 and its body), or
+        "no answer" with the transport error (timeout, refused connection)."""
+        self.requests.append(RequestRecord(method, self.redact(url),
+                                           "no answer" if status is None else status, elapsed_ms,
                                            self.redact(error)))
 
     def latencies(self, name: str, values_ms: list[float], *, warn_ms: float, alert_ms: float,
