@@ -256,8 +256,8 @@ def test_customer_email_names_the_tenants_keys_from_the_backup() -> None:
         dbops.AffectedKey("k2", "Old kiosk", "WxYz", False, "b2", "Puebla 2")))
     env = comms.environment()
     text = env.get_template("customer_email_fase2.txt.j2").render(
-        product="P", support_email="s@x", run_id="r1", finished_at_text="2026-01-22 10:20 UTC",
-        tenant=tenant)
+        product="P", support_email="s@x", support_contact="s@x", run_id="r1",
+        finished_at_text="2026-01-22 10:20 UTC", tenant=tenant)
     assert "Hello Clínica Uno" in text
     assert '"Branch POS integration" (ending in ...AbCd), formerly limited to branch "Monterrey 1"' in text
     assert "(inactive)" in text and "all 3 branches" in text
@@ -265,7 +265,8 @@ def test_customer_email_names_the_tenants_keys_from_the_backup() -> None:
 
 def test_every_template_renders_without_a_missing_fact() -> None:
     facts = {
-        "product": "P", "support_email": "s@x", "help_url": "https://x", "run_id": "r1",
+        "product": "P", "support_email": "s@x", "support_contact": "s@x", "status_page_url": None,
+        "help_url": "https://x", "run_id": "r1",
         "phase": "fase2", "phase_title": "FASE 2", "phase_public": "keys", "public_impact": "i",
         "status_title": "t", "operator": "ana", "host": "h", "started_at_text": "a",
         "finished_at_text": "b", "duration_text": "3 s", "commits": [{"sha": "a" * 40, "subject": "s"}],

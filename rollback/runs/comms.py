@@ -12,6 +12,13 @@ Files, in `reports/<run id>/communication/`:
     in_app_notices/<tenant slug>.md     FASE 2: one per affected tenant
     in_app_notices.json                 FASE 2: the same, for import by the dashboard
 
+Every document states the gate's real result. Until the gate has passed, what customers read
+promises nothing: `customer_email.txt` is the "investigating" e-mail (for every phase), the status
+page says investigating, and FASE 2's per-tenant e-mails and in-app notices are not rendered at
+all; a later run that passes the gate renders them. The product name and the support contacts
+come from the settings' `[communication]` section. Durations are the run's working time (see
+`RunRecord.active_s`): not the wait at the confirmation prompt, not the time between attempts.
+
 The Slack summary (#engineering when the gate passed, #incidents when it failed) goes to every
 URL of ROLLBACK_NOTIFY_URLS; without it nothing is sent.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -28,12 +36,11 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from rollback.actions import branch_keys
 from rollback.runs import dbops
 from rollback.runs.core import PHASE_TITLES, Run
-from rollback.runs.journal import JOURNAL_NAME, events, utc_now, who
+from rollback.runs.journal import JOURNAL_NAME, StorageFault, events, replay, utc_now, who
 
-PRODUCT = "TIS TIS Platform"
-SUPPORT_EMAIL = "support@tistis.com"
 PUBLIC = {
     "fase1": ("branch filtering on list endpoints", "Requests that send branch_id now receive "
               "unfiltered results for the key."),
@@ -42,9 +49,14 @@ PUBLIC = {
 }
 COMMON = ["slack_engineering.md", "slack_incidents.md", "status_page.md", "cs_briefing.md",
           "postmortem.md"]
+#: what customers get while the gate has not passed: it promises nothing
+INVESTIGATING = "customer_email_investigating.txt.j2"
 
 
-def documents_for(phase: str) -> list[str]:
+def documents_for(phase: str, gate_passed: bool = True) -> list[str]:
+    """The files a run writes; after a failed gate, customers get the investigating e-mail only."""
+    if not gate_passed:
+        return [*COMMON, "customer_email.txt"]
     if phase == "fase2":
         return [*COMMON, "customer_emails/<tenant>.txt", "in_app_notices/<tenant>.md",
                 "in_app_notices.json"]
@@ -94,38 +106,51 @@ def _resumed(event: dict[str, Any]) -> str:
     return "run resumed"
 
 
+def _worked_s(run: Run, now: datetime) -> float:
+    """The run's working time until now, from its journal (not the confirmation prompt)."""
+    path = run.dir / JOURNAL_NAME
+    if path.is_file():
+        return replay(path).active_s(now)
+    return (now - run.started).total_seconds()
+
+
 def context(run: Run) -> dict[str, Any]:
     """Everything the templates may use, from the run's facts (and its backup, for FASE 2)."""
     facts = run.facts
     now = utc_now()
     gate = facts.get("gate")
-    tenants: list[dbops.AffectedTenant] = []
+    passed = bool(isinstance(gate, dict) and gate.get("passed"))
+    said = run.settings.communication
+    tenants: list[branch_keys.AffectedTenant] = []
     backup = facts.get("fase2_backup")
     if run.options.phase == "fase2" and isinstance(backup, dict):
         with dbops.read_only(run.database_url) as conn:
-            tenants = dbops.affected_from_backup(conn, backup["schema"], backup["table"])
+            tenants = branch_keys.affected_from_backup(conn, backup["schema"], backup["table"])
     me = who()
     return {
-        "product": PRODUCT,
-        "support_email": SUPPORT_EMAIL,
-        "help_url": "https://docs.tistis.com/api/keys",
+        "product": said.product,
+        "support_email": said.support_email,
+        "support_contact": said.contact,
+        "help_url": said.help_url,
+        "status_page_url": said.status_page_url,
         "run_id": run.run_id,
         "phase": run.options.phase,
         "phase_title": PHASE_TITLES[run.options.phase],
         "phase_public": PUBLIC[run.options.phase][0],
         "public_impact": PUBLIC[run.options.phase][1],
-        "status_title": f"API: {PUBLIC[run.options.phase][0]} rolled back",
+        "status_title": (f"API: {PUBLIC[run.options.phase][0]} rolled back" if passed else
+                         f"API: investigating an issue with {PUBLIC[run.options.phase][0]}"),
         "operator": me["user"],
         "host": me["host"],
         "started_at_text": _when(run.started),
         "finished_at_text": _when(now),
-        "duration_text": _duration((now - run.started).total_seconds()),
+        "duration_text": _duration(_worked_s(run, now)),
         "commits": facts.get("commits_reverted") or [],
         "rollback_branch": facts.get("rollback_branch") or "(none)",
         "original_version": facts.get("original_version"),
         "deployed_version": facts.get("deployed_version"),
         "gate": gate,
-        "succeeded": bool(gate and gate.get("passed")),
+        "succeeded": passed,
         "baseline": facts.get("baseline") or {},
         "backup": backup or {},
         "affected_tenants": tenants,
@@ -146,7 +171,15 @@ def _slug(text: str) -> str:
 
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    partial = path.with_name(f".{path.name}.tmp")
+    try:  # whole or not at all: a full disk never leaves half an e-mail to be sent
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise StorageFault.of(path, exc, "the run stopped at its communication; free space and "
+                              "run the same command again to render it") from None
     return path
 
 
@@ -157,7 +190,10 @@ def render_all(run: Run) -> list[Path]:
     out = run.report_dir / "communication"
     written = [_write(out / name, env.get_template(name + ".j2").render(facts)) for name in COMMON]
     phase = run.options.phase
-    if phase == "fase2":
+    if not facts["succeeded"]:  # nothing that says it works, nothing a dashboard imports
+        written.append(_write(out / "customer_email.txt",
+                              env.get_template(INVESTIGATING).render(facts)))
+    elif phase == "fase2":
         notices = []
         for tenant in facts["affected_tenants"]:
             per = {**facts, "tenant": tenant}
@@ -173,9 +209,23 @@ def render_all(run: Run) -> list[Path]:
     else:
         written.append(_write(out / "customer_email.txt",
                               env.get_template(f"customer_email_{phase}.txt.j2").render(facts)))
+    _remove_stale(out, written)
     for path in written:
         run.note(f"wrote {path}")
     return written
+
+
+def _remove_stale(out: Path, written: list[Path]) -> None:
+    """Documents an earlier attempt rendered that this one did not (the investigating e-mail
+    once the gate passes, the per-tenant messages once it fails): none may be sent by mistake."""
+    keep = set(written)
+    for name in ("customer_email.txt", "in_app_notices.json", "customer_emails", "in_app_notices"):
+        path = out / name
+        for old in sorted(path.glob("*")) if path.is_dir() else [path]:
+            if old.is_file() and old not in keep:
+                old.unlink()
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def notify(run: Run) -> int | None:
