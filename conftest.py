@@ -1,8 +1,15 @@
 """Public fixtures of the validation suite in `checks/`: what the checks talk to.
 
 Settings come from `rollback.config.load_settings()` (rollback.toml, then the environment for
-secrets) with the command-line options of `checks._plugin.options` on top. A fixture whose
-secret is missing skips the check with the variable's name; under `--gate` that skip fails.
+secrets) with the command-line options of `checks._plugin.options` on top. An optional secret
+that is missing skips (or makes inconclusive) the checks that need it; under `--gate` a required
+one's skip fails.
+
+Before any check runs, the target must be configured (`checks.target.require_target`): no
+API_BASE_URL, an empty or unset TEST_API_KEY, or whitespace in a key is pytest's usage error
+(exit 4; `rollback validate` exits 2), naming the variable. `pytest -m faseN` without
+`--run-context` uses the last run of that phase against the same target and says which in its
+header (`--no-last-run` turns that off).
 """
 
 # ruff: noqa: E402  (the plugin modules must be marked for rewriting before they are imported)
@@ -14,18 +21,20 @@ import pytest
 # load them first; marking them now keeps them rewritten and pytest quiet.
 pytest.register_assert_rewrite("checks._plugin")
 
+import dataclasses
 from collections.abc import Iterator
 
 import httpx
 import psycopg
 
-from checks._plugin.options import SuiteConfig, suite_config
+from checks._plugin.options import SUITE, SuiteConfig, is_check, runs_checks, suite_config
 from checks._plugin.redact import safe_url
 from checks._plugin.verdicts import evidence_of, inconclusive
 from checks.database import KeyTenant, connect_read_only, find_key
 from checks.evidence import Evidence
-from checks.probe import USER_AGENT, Sample, sample
-from checks.run_context import RunContext
+from checks.probe import USER_AGENT, Budget, CheckClient, Sample, make_room, sample
+from checks.run_context import RunContext, last_run
+from checks.target import require_target
 from rollback.config import Settings, Thresholds
 from rollback.errors import ConfigError
 from rollback.profile import Profile
@@ -35,6 +44,96 @@ pytest_plugins = [
     "checks._plugin.verdicts",
     "checks._plugin.report",
 ]
+
+PHASES = ("fase1", "fase2", "fase3")
+#: the line saying which run's context the checks use, when they looked for one themselves
+LAST_RUN = pytest.StashKey[str]()
+#: the time the check under way may still spend on requests (and on waiting for rate limits)
+BUDGET = pytest.StashKey[Budget]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("rollback")
+    group.addoption(
+        "--no-last-run", action="store_true", default=False,
+        help="with -m faseN and no --run-context, do not use the last run of that phase against "
+             "this target (found under [paths] logs_dir)")
+    group.addoption(
+        "--show-pii", action="store_true", default=False,
+        help="show personal data (names, phones, e-mails) of response bodies in the evidence "
+             "and reports; masked by default")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """After the options plugin built the SuiteConfig: refuse a target that is not configured,
+    and find the run context of the last run of the selected phase."""
+    suite = config.stash.get(SUITE, None)
+    if suite is None:
+        return
+    suite = dataclasses.replace(suite, redactor=suite.redactor.with_pii(
+        not config.getoption("show_pii")))
+    config.stash[SUITE] = suite
+    if not runs_checks(config) or config.getoption("collectonly"):
+        return
+    try:
+        require_target(suite.settings)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    phase = (config.getoption("markexpr") or "").strip()
+    if suite.run_context is not None or config.getoption("no_last_run") or phase not in PHASES:
+        return
+    try:
+        found = last_run(suite.settings, phase)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[LAST_RUN] = found.line
+    if found.context is not None:
+        expected = (config.getoption("expected_version") or found.context.expected_version
+                    or suite.settings.target.expected_version)
+        config.stash[SUITE] = dataclasses.replace(suite, run_context=found.context,
+                                                  expected_version=expected)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [config.stash[LAST_RUN]] if LAST_RUN in config.stash else []
+
+
+def _budget_of(config: pytest.Config) -> Budget:
+    if BUDGET not in config.stash:
+        config.stash[BUDGET] = Budget()
+    return config.stash[BUDGET]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Each check's requests and waits share its timeout (session fixtures set up for it too)."""
+    if not is_check(item) or SUITE not in item.config.stash:
+        return
+    mark = item.get_closest_marker("timeout")
+    timeout = float(mark.args[0]) if mark and mark.args else \
+        item.config.stash[SUITE].thresholds.check_timeout_s
+    _budget_of(item.config).start(timeout)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before the first check, and outside every check's timeout: if the validation key has
+    fewer requests left in its rate-limit window than the checks will send, wait for the
+    window to reset (at most a minute), and say so."""
+    config = session.config
+    suite = config.stash.get(SUITE, None)
+    checks = [item for item in session.items if is_check(item)]
+    if suite is None or not checks or config.getoption("collectonly"):
+        return
+    secrets = suite.settings.secrets
+    if secrets.test_api_key is None:
+        return
+    needed = 3 * len(checks) + 2 * suite.thresholds.sample_size * len(suite.profile.endpoints)
+    line = make_room(suite.settings.target.api_base_url, secrets.test_api_key.get_secret_value(),
+                     suite.profile.auth_path, needed, suite.settings.target.request_timeout_s)
+    if line:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -62,34 +161,39 @@ def thresholds(target: Settings) -> Thresholds:
     return target.thresholds
 
 
-def _client(target: Settings, key: str | None) -> httpx.Client:
+def _client(target: Settings, key: str | None, budget: Budget) -> CheckClient:
     headers = {"User-Agent": USER_AGENT}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
-    return httpx.Client(base_url=target.target.api_base_url, headers=headers,
-                        timeout=target.target.request_timeout_s, follow_redirects=False)
+    return CheckClient(base_url=target.target.api_base_url, headers=headers, budget=budget,
+                       timeout_s=target.target.request_timeout_s, follow_redirects=False)
 
 
 @pytest.fixture(scope="session")
-def api(target: Settings) -> Iterator[httpx.Client]:
+def _budget(pytestconfig: pytest.Config) -> Budget:
+    return _budget_of(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def api(target: Settings, _budget: Budget) -> Iterator[httpx.Client]:
     """An httpx client for API_BASE_URL authenticated with TEST_API_KEY (a tenant-wide key)."""
     try:
         key = target.require_api_key()
     except ConfigError as exc:
         pytest.skip(str(exc))
-    with _client(target, key) as client:
+    with _client(target, key, _budget) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
-def anon_api(target: Settings) -> Iterator[httpx.Client]:
+def anon_api(target: Settings, _budget: Budget) -> Iterator[httpx.Client]:
     """An httpx client for API_BASE_URL that sends no Authorization header."""
-    with _client(target, None) as client:
+    with _client(target, None, _budget) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
-def branch_api(target: Settings) -> Iterator[httpx.Client]:
+def branch_api(target: Settings, _budget: Budget) -> Iterator[httpx.Client]:
     """A client with TEST_BRANCH_API_KEY: a key that was branch-scoped before a FASE 2 rollback.
 
     Optional: unset, the checks that use it are inconclusive (a tenant may have had none).
@@ -98,29 +202,29 @@ def branch_api(target: Settings) -> Iterator[httpx.Client]:
     if secret is None:
         inconclusive("TEST_BRANCH_API_KEY is not set: export a key that was branch-scoped before "
                      "the FASE 2 rollback to check what it reads now")
-    with _client(target, secret.get_secret_value()) as client:
+    with _client(target, secret.get_secret_value(), _budget) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
-def revoked_api(target: Settings) -> Iterator[httpx.Client]:
+def revoked_api(target: Settings, _budget: Budget) -> Iterator[httpx.Client]:
     """A client with TEST_REVOKED_API_KEY (a revoked key of the target). Optional."""
     secret = target.secrets.test_revoked_api_key
     if secret is None:
         inconclusive("TEST_REVOKED_API_KEY is not set: export a revoked key to check that "
                      "revoked keys are refused")
-    with _client(target, secret.get_secret_value()) as client:
+    with _client(target, secret.get_secret_value(), _budget) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
-def expired_api(target: Settings) -> Iterator[httpx.Client]:
+def expired_api(target: Settings, _budget: Budget) -> Iterator[httpx.Client]:
     """A client with TEST_EXPIRED_API_KEY (an expired key of the target). Optional."""
     secret = target.secrets.test_expired_api_key
     if secret is None:
         inconclusive("TEST_EXPIRED_API_KEY is not set: export an expired key to check that "
                      "expired keys are refused")
-    with _client(target, secret.get_secret_value()) as client:
+    with _client(target, secret.get_secret_value(), _budget) as client:
         yield client
 
 

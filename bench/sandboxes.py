@@ -57,7 +57,8 @@ def stop(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def running(root: Path, *, keys: int | None = None, timeout_s: float = 300) -> Iterator[Sandbox]:
+def running(root: Path, *, keys: int | None = None, timeout_s: float = 300,
+            shape: str = "contract") -> Iterator[Sandbox]:
     """`rollback sandbox up --dir root [--keys N]`, timed; stopped on the way out."""
     socket = root.resolve() / "postgres" / ".s.PGSQL.65535"
     if len(str(socket).encode()) > SOCKET_PATH_MAX:
@@ -65,7 +66,7 @@ def running(root: Path, *, keys: int | None = None, timeout_s: float = 300) -> I
                          f"{SOCKET_PATH_MAX} bytes): give a shorter --work folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     # the benchmarks and their plain-script floors are written for the contract shape
-    command = [*rollback_command(), "sandbox", "up", "--shape", "contract", "--dir", str(root)]
+    command = [*rollback_command(), "sandbox", "up", "--shape", shape, "--dir", str(root)]
     if keys:
         command += ["--keys", str(keys)]
     try:

@@ -1,13 +1,29 @@
 """Requests the checks make: one at a time with clear failures, or concurrent samples.
 
-`get()` turns a missing answer or a spent rate limit into a failure that says what it means;
-`sample()` sends `size` requests to each path concurrently and keeps every outcome, so the
-latency and error-rate checks judge a percentile over many requests, never one.
+`get()` turns a missing answer into a failure that says what it means; `sample()` sends
+`size` requests to each path concurrently and keeps every outcome, so the latency and
+error-rate checks judge a percentile over many requests, never one.
+
+No false alarm from the toolkit's own requests:
+
+- a single request that meets a transient server error (5xx), a timeout or a failed
+  connection is sent once more if the check's deadline (`Budget`) leaves room for it, and
+  every attempt goes into the evidence. No answer twice (down, hung) fails the check. A
+  second server error has the request sampled: sent up to RESAMPLE more times, the first
+  answer that is not a server error is judged; RESAMPLE + 2 server errors in a row are the
+  API failing at that request, judged as such. So a normal background error rate (2%) never
+  fails a single-request check; the error-rate checks judge it over their sample;
+- every client of a check is paced by its key's rate limit (`Pacer`): it reads
+  `X-RateLimit-Remaining` and `X-RateLimit-Reset` from each answer and, once the window is
+  spent, waits for its reset when the check's deadline allows. A 429 that still comes is the
+  toolkit being rate limited: it is waited out (Retry-After) within the deadline, or the check
+  is inconclusive. Never a failure of the system.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
 from collections import Counter
@@ -19,17 +35,161 @@ from typing import Any
 import httpx
 import pytest
 
+from checks._plugin.verdicts import inconclusive
 from checks.evidence import Evidence, excerpt
+from rollback.http import BoundedTransport
 from rollback.probes import percentile
 
 MAX_WORKERS = 8
 #: every validation request says who it is, so the real-traffic checks can leave them out
 USER_AGENT = "rollback-toolkit-validation"
+#: the share of a check's timeout its requests may use, waits included: the rest is its margin
+BUDGET_SHARE = 0.8
+#: never wait longer than this for a rate-limit window to reset (the windows are a minute)
+MAX_RATE_WAIT_S = 65.0
+
+
+class Budget:
+    """The time the check under way may still spend on requests and waits (its deadline).
+
+    `start(timeout_s)` is called as each check starts (see conftest.py); outside a check the
+    budget is unbounded."""
+
+    def __init__(self) -> None:
+        self._deadline = math.inf
+
+    def start(self, timeout_s: float) -> None:
+        self._deadline = time.monotonic() + timeout_s * BUDGET_SHARE
+
+    def left(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def allows(self, seconds: float) -> bool:
+        return seconds <= self.left()
+
+    def __repr__(self) -> str:
+        left = self.left()
+        return f"Budget({left:.1f} s left)" if math.isfinite(left) else "Budget(unbounded)"
+
+
+class Pacer:
+    """One key's rate limit as the API reports it, to stay inside it.
+
+    observe(response) reads X-RateLimit-Limit/-Remaining/-Reset (the reset as epoch seconds);
+    before() is called before each request and, when the window is spent, sleeps until its
+    reset if the budget allows (else lets the request go: a 429 then says why)."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        self.limit: int | None = None
+        self.remaining: int | None = None
+        self.reset_epoch: float | None = None
+        self.waited_s = 0.0
+
+    def observe(self, response: httpx.Response) -> None:
+        headers = response.headers
+        try:
+            limit = int(headers["X-RateLimit-Limit"])
+            remaining = int(headers["X-RateLimit-Remaining"])
+            reset = float(headers["X-RateLimit-Reset"])
+        except (KeyError, ValueError):
+            return
+        with self._lock:
+            if self.reset_epoch is None or reset > self.reset_epoch:  # a new window
+                self.limit, self.remaining, self.reset_epoch = limit, remaining, reset
+            elif self.remaining is None or remaining < self.remaining:
+                self.remaining = remaining
+
+    def before(self, request: httpx.Request | None = None) -> None:
+        with self._lock:
+            if self.remaining is None or self.reset_epoch is None:
+                return
+            if self.remaining > 0:
+                self.remaining -= 1  # counted now: concurrent requests see it at once
+                return
+            wait = self.reset_epoch - time.time() + 0.2
+            if wait <= 0 or wait > MAX_RATE_WAIT_S or not self.budget.allows(wait + 1):
+                return
+            self.waited_s += wait
+            time.sleep(wait)  # holding the lock: every request of this key waits for the reset
+            self.remaining = (self.limit or 1) - 1
+            self.reset_epoch = None
+
+    def retry_after(self, response: httpx.Response) -> float | None:
+        """Seconds to wait before a 429's request may be sent again, if the budget allows it."""
+        try:
+            wait = float(response.headers.get("Retry-After", ""))
+        except ValueError:
+            wait = (self.reset_epoch - time.time()) if self.reset_epoch else math.inf
+        wait = max(0.0, wait) + 0.2
+        return wait if wait <= MAX_RATE_WAIT_S and self.budget.allows(wait + 1) else None
+
+
+class CheckClient(httpx.Client):
+    """The checks' httpx client: each answer bounded (`rollback.http`), paced by its key's
+    rate limit, and aware of the check's deadline."""
+
+    def __init__(self, *, budget: Budget, timeout_s: float, **kwargs: Any) -> None:
+        self.budget = budget
+        self.pacer = Pacer(budget)
+        super().__init__(timeout=timeout_s, transport=BoundedTransport(timeout_s),
+                         event_hooks={"request": [self.pacer.before],
+                                      "response": [self.pacer.observe]}, **kwargs)
+
+
+def make_room(base_url: str, key: str, path: str, needed: int, timeout_s: float) -> str | None:
+    """Before the checks start: ask the API (one GET of `path` with `key`) how much of the key's
+    rate-limit window is left; if less than `needed`, wait for the window to reset (at most
+    MAX_RATE_WAIT_S) and return a line saying so. Any failure here is left to the checks."""
+    try:
+        with httpx.Client(base_url=base_url, timeout=timeout_s,
+                          headers={"User-Agent": USER_AGENT, "Authorization": f"Bearer {key}"},
+                          transport=BoundedTransport(timeout_s)) as client:
+            response = client.get(path)
+    except (httpx.HTTPError, ValueError):
+        return None
+    pacer = Pacer(Budget())
+    pacer.observe(response)
+    if pacer.remaining is None or pacer.reset_epoch is None or pacer.remaining >= needed:
+        return None
+    wait = pacer.reset_epoch - time.time() + 0.2
+    if response.status_code == 429:
+        wait = pacer.retry_after(response) or wait
+    if not 0 < wait <= MAX_RATE_WAIT_S:
+        return None
+    time.sleep(wait)
+    return (f"rate limit: TEST_API_KEY had {pacer.remaining} of {pacer.limit} requests left in "
+            f"its window, the checks need about {needed}: waited {wait:.0f} s for the reset")
+
+
+def _budget(client: httpx.Client) -> Budget:
+    return client.budget if isinstance(client, CheckClient) else Budget()
+
+
+def _transient(outcome: httpx.Response | Exception) -> bool:
+    """A server error, a timeout or a failed connection: worth one more try."""
+    if isinstance(outcome, Exception):
+        return True
+    return outcome.status_code >= 500
+
+
+def _rate_limited(client: httpx.Client, path: str, response: httpx.Response) -> float | None:
+    """How long to wait for the key's rate limit before trying `path` again, or None."""
+    if response.status_code != 429:
+        return None
+    if isinstance(client, CheckClient):
+        return client.pacer.retry_after(response)
+    return None
 
 
 def cache_buster() -> dict[str, str]:
     """A query parameter the API ignores but a response cache keys on: never served from cache."""
     return {"_validation_nonce": uuid.uuid4().hex}
+
+
+#: after a second server error, how many more times a single request is sent (see `get`)
+RESAMPLE = 10
 
 
 def get(
@@ -42,32 +202,66 @@ def get(
     headers: Mapping[str, str] | None = None,
     follow_redirects: bool = False,
 ) -> httpx.Response:
-    """GET path; a transport error or a 429 fails the check with what it means for on-call."""
+    """GET path, and judge what it answered; a transient failure or a 429 is tried again
+    within the check's deadline (see the module docstring). Every attempt is in `evidence`."""
     __tracebackhide__ = True
-    started = time.perf_counter()
-    try:
-        response = client.get(path, params=params, headers=headers,
-                              follow_redirects=follow_redirects)
-    except httpx.TimeoutException as exc:
+    budget = _budget(client)
+    url = f"{client.base_url}{path}"
+    timeout_s = client.timeout.read or 10.0
+    attempts: list[httpx.Response | Exception] = []
+    while True:
+        started = time.perf_counter()
+        try:
+            outcome: httpx.Response | Exception = client.get(
+                path, params=params, headers=headers, follow_redirects=follow_redirects)
+        except httpx.TransportError as exc:
+            outcome = exc
         elapsed = (time.perf_counter() - started) * 1000
+        attempts.append(outcome)
+        wait = _rate_limited(client, path, outcome) if isinstance(outcome, httpx.Response) else None
+        again = _again(attempts, budget, timeout_s) or (wait is not None and len(attempts) == 1)
+        label = note
+        if len(attempts) > 1 or again:
+            label = f"attempt {len(attempts)}" + (f"; {note}" if note else "")
         if evidence is not None:
-            evidence.failed_request("GET", f"{client.base_url}{path}", repr(exc), elapsed)
-        pytest.fail(f"GET {path}: no answer within {elapsed / 1000:.1f} s ({type(exc).__name__}): "
+            if isinstance(outcome, httpx.Response):
+                evidence.request(outcome, label)
+            else:
+                evidence.failed_request("GET", url, f"{type(outcome).__name__}: {outcome}"
+                                        + (f" ({label})" if label else ""), elapsed)
+        if not again:
+            break
+        if wait is not None:
+            time.sleep(wait)
+    last = attempts[-1]
+    tried = f" (sent {len(attempts)} times, each in the evidence)" if len(attempts) > 1 else ""
+    if isinstance(last, httpx.TimeoutException):
+        pytest.fail(f"GET {path}: no answer within {timeout_s:g} s ({type(last).__name__}){tried}: "
                     f"the API at {client.base_url} is hung or overloaded", pytrace=False)
-    except httpx.TransportError as exc:
-        if evidence is not None:
-            evidence.failed_request("GET", f"{client.base_url}{path}", repr(exc), None)
+    if isinstance(last, Exception):
         pytest.fail(f"GET {path}: cannot reach the API at {client.base_url} "
-                    f"({type(exc).__name__}: {exc}): is it up and is API_BASE_URL right?",
+                    f"({type(last).__name__}: {last}){tried}: is it up and is API_BASE_URL right?",
                     pytrace=False)
-    if evidence is not None:
-        evidence.request(response, note)
-    if response.status_code == 429:
-        pytest.fail(f"GET {path}: 429 rate limited (limit {response.headers.get('X-RateLimit-Limit')}"
-                    " per minute): the validation key's rate limit is spent, so this check "
-                    "proves nothing; give the key a higher rate_limit_rpm or lower --sample-size",
-                    pytrace=False)
-    return response
+    if last.status_code == 429:
+        inconclusive(f"GET {path}: 429, the validation key's rate limit (X-RateLimit-Limit "
+                     f"{last.headers.get('X-RateLimit-Limit')} per minute) is spent and its reset "
+                     "is beyond this check's deadline: the toolkit is rate limited, which says "
+                     "nothing about the system; give the key a higher rate_limit_rpm or lower "
+                     "--sample-size")
+    return last
+
+
+def _again(attempts: Sequence[httpx.Response | Exception], budget: Budget, timeout_s: float) -> bool:
+    """Whether to send the request once more: after a first transient failure (5xx, timeout,
+    failed connection), and after a second server error up to RESAMPLE more times, so that
+    the error rate of that one request decides, not one unlucky answer. No answer twice is
+    the API down or hung: no more tries. Each try must fit in the check's deadline."""
+    last = attempts[-1]
+    if not _transient(last) or not budget.allows(timeout_s + 1):
+        return False
+    if len(attempts) == 1:
+        return True
+    return isinstance(last, httpx.Response) and len(attempts) < 2 + RESAMPLE
 
 
 @dataclass(frozen=True)
@@ -90,6 +284,11 @@ class Outcome:
         """A server error, a timeout or a failed connection: what the error rate counts."""
         return self.status is None or self.status >= 500
 
+    @property
+    def rate_limited(self) -> bool:
+        """A 429: the toolkit's own key was over its limit; it says nothing about the system."""
+        return self.status == 429
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -97,13 +296,18 @@ class Sample:
     outcomes: tuple[Outcome, ...]
 
     @property
+    def judged(self) -> tuple[Outcome, ...]:
+        """The outcomes that say something about the system: all but the 429s."""
+        return tuple(o for o in self.outcomes if not o.rate_limited)
+
+    @property
     def size(self) -> int:
-        return len(self.outcomes)
+        return len(self.judged)
 
     @property
     def latencies_ms(self) -> list[float]:
         """Time to each answer; a request that timed out counts as infinitely slow."""
-        return [math.inf if o.timed_out else o.elapsed_ms for o in self.outcomes]
+        return [math.inf if o.timed_out else o.elapsed_ms for o in self.judged]
 
     @property
     def p95_ms(self) -> float:
@@ -115,6 +319,10 @@ class Sample:
         return [o for o in self.outcomes if o.failed]
 
     @property
+    def rate_limited(self) -> int:
+        return sum(1 for o in self.outcomes if o.rate_limited)
+
+    @property
     def statuses(self) -> dict[str, int]:
         return dict(Counter(str(o.status) if o.status else "no answer" for o in self.outcomes))
 
@@ -122,14 +330,21 @@ class Sample:
     def timeouts(self) -> int:
         return sum(1 for o in self.outcomes if o.timed_out)
 
+    def plus(self, more: Sample) -> Sample:
+        return Sample(self.path, self.outcomes + more.outcomes)
 
-def _one(client: httpx.Client, path: str) -> Outcome:
+
+def _once(client: httpx.Client, path: str, *, may_wait: bool = True) -> Outcome:
     started = time.perf_counter()
     try:
         response = client.get(path)
     except httpx.TransportError as exc:
         return Outcome(path, f"{client.base_url}{path}", None,
                        (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}")
+    wait = _rate_limited(client, path, response) if may_wait else None
+    if wait is not None:  # the key's window is spent: wait for it once, within the deadline
+        time.sleep(wait)
+        return _once(client, path, may_wait=False)
     return Outcome(path, str(response.request.url), response.status_code,
                    (time.perf_counter() - started) * 1000,
                    body=excerpt(response) if response.status_code >= 400 else "")
@@ -139,5 +354,30 @@ def sample(client: httpx.Client, paths: Sequence[str], size: int) -> dict[str, S
     """`size` GETs to each path, interleaved and concurrent (MAX_WORKERS at a time)."""
     order = [path for _ in range(size) for path in paths]
     with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(order))) as pool:
-        outcomes = list(pool.map(lambda path: _one(client, path), order))
+        outcomes = list(pool.map(lambda path: _once(client, path), order))
     return {path: Sample(path, tuple(o for o in outcomes if o.path == path)) for path in paths}
+
+
+#: the most requests the error-rate check sends in all, its first sample included
+ERROR_RATE_CAP = 400
+
+
+def sample_until_decided(client: httpx.Client, first: Mapping[str, Sample], limit: float,
+                         decide: Any, *, cap: int = ERROR_RATE_CAP) -> dict[str, Sample]:
+    """Grow `first` (the shared sample) batch by batch, as large as it was, until
+    `decide(failed, total, limit)` is no longer "undecided" over all of it, `cap` requests
+    are reached, or the check's deadline leaves no room for another batch."""
+    samples = dict(first)
+    paths = list(samples)
+    batch = max(1, max((s.size for s in samples.values()), default=1))
+    budget = _budget(client)
+    timeout_s = client.timeout.read or 10.0
+    while True:
+        judged = [o for s in samples.values() for o in s.judged]
+        failed = sum(1 for o in judged if o.failed)
+        if decide(failed, len(judged), limit) != "undecided":
+            return samples
+        if len(judged) + batch * len(paths) > cap or not budget.allows(3 * timeout_s):
+            return samples
+        more = sample(client, paths, batch)
+        samples = {path: samples[path].plus(more[path]) for path in paths}

@@ -29,6 +29,11 @@ needed. Example, with every key:
 materialized views and functions, optionally schema-qualified; a function's argument list is
 ignored. A relative `csv` path is taken from the directory of the run context file. Write the
 file with `RunContext(...).write(path)` so that both sides agree.
+
+Without `--run-context`, `rollback validate faseN` and `pytest -m faseN` take the context of
+the last run of that phase against the same target (`last_run(settings, phase)`): the newest
+`<logs_dir>/<run id>/run-context.json` of a run whose journal names this target
+(`Settings.identity`: repository, database and API), and say which run it was.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rollback.config import Settings
 from rollback.errors import ConfigError
 
 Phase = Literal["fase1", "fase2", "fase3"]
@@ -180,3 +186,47 @@ def load_run_context(path: Path) -> RunContext:
         return _parse(data, path)
     except ValueError as exc:
         raise ConfigError(f"run context {path}: {exc}") from None
+
+
+CONTEXT_NAME = "run-context.json"
+
+
+@dataclass(frozen=True)
+class FoundRun:
+    """What `last_run` found: the context (None when no run qualifies) and a line saying so."""
+
+    context: RunContext | None
+    line: str
+
+
+def last_run(settings: Settings, phase: str) -> FoundRun:
+    """The run context of the newest run of `phase` against this target under [paths] logs_dir.
+
+    A run counts when its journal names this target (`RunRecord.of_target`, the rule runs
+    resume by) and its folder holds a run context (written when it reached its gate). Runs
+    of other targets, and runs that stopped before their gate, are passed over and counted in
+    the line.
+    """
+    from rollback.runs.journal import all_runs
+
+    logs = settings.paths.logs_dir.expanduser().resolve()
+    here = settings.identity
+    other_target = no_context = 0
+    for record in reversed(all_runs(logs)):
+        if record.phase != phase:
+            continue
+        if not record.of_target(here.id):
+            other_target += 1
+            continue
+        path = record.dir / CONTEXT_NAME
+        if not path.is_file():
+            no_context += 1
+            continue
+        return FoundRun(load_run_context(path), f"run context: {record.run_id}, the last {phase} "
+                                                f"run against target {here.id} ({here.api}): {path}")
+    skipped = [text for n, text in ((other_target, f"{other_target} of another target"),
+                                    (no_context, f"{no_context} stopped before their gate")) if n]
+    over = f" (passed over: {', '.join(skipped)})" if skipped else ""
+    return FoundRun(None, f"run context: none, no {phase} run against target {here.id} ({here.api}) "
+                          f"under {logs}{over}; the checks that compare with a run are skipped "
+                          "(pass --run-context PATH to name one)")

@@ -160,13 +160,15 @@ def sandbox_down(root: Path) -> None:
 @click.option("--max-error-rate", type=click.FloatRange(0, 1), help="Highest acceptable error rate.")
 @click.option("--sample-size", type=click.IntRange(1, 1000), help="Requests per endpoint for p95.")
 @click.option("--allow-writes", is_flag=True, help="Also run checks that write (POST a lead).")
+@click.option("--show-pii", is_flag=True,
+              help="Show names, phones, e-mails in the evidence (masked by default).")
 @click.option("-n", "--workers", metavar="N", help="Run the checks in parallel (pytest-xdist), e.g. auto.")
 @click.option("--reports", "reports_root", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the report (default: [paths] reports_dir, reports/).")
 @edge
 def validate(selection: str, gate: bool, expected_version: str | None, run_context: Path | None,
              warn_ms: float | None, alert_ms: float | None, max_error_rate: float | None,
-             sample_size: int | None, allow_writes: bool, workers: str | None,
+             sample_size: int | None, allow_writes: bool, show_pii: bool, workers: str | None,
              reports_root: Path | None) -> None:
     """Run the checks of one phase, or all, into reports/<UTC timestamp>-<selection>/.
 
@@ -188,6 +190,8 @@ def validate(selection: str, gate: bool, expected_version: str | None, run_conte
         ("sample_size", sample_size), ("expected_version", expected_version)) if value is not None]
     if allow_writes:
         extra.append("--allow-writes")
+    if show_pii:
+        extra.append("--show-pii")
     if workers:
         extra += ["-n", workers]
     from rollback.runs.core import sigterm_as_interrupt
@@ -199,6 +203,10 @@ def validate(selection: str, gate: bool, expected_version: str | None, run_conte
                                 echo=sys.stdout)
     if result.usage_error:  # pytest said why it checked nothing, above; no "0 passed" summary
         sys.exit(result.exit_code)
+    for check in result.checks:  # whole, one line each: pytest's summary cuts them to the width
+        if check.verdict == "fail":
+            reason = " ".join(check.message.split())
+            err.print(f"[bold red]FAIL[/] {escape(check.nodeid)}: {escape(reason)}", soft_wrap=True)
     (out if result.healthy else err).print(result.summary(), soft_wrap=True)
     sys.exit(result.exit_code)
 
@@ -229,8 +237,6 @@ def demo(root: Path, keep: bool, shape: str) -> None:
     """
     import time
 
-    from rich.table import Table
-
     from rollback import demo as library
 
     started = time.monotonic()
@@ -247,23 +253,7 @@ def demo(root: Path, keep: bool, shape: str) -> None:
         for phase, option in library.SEQUENCE:
             out.rule(f"rollback run {phase} --yes" + (f" --db-option {option}" if phase == "fase3" else ""))
             results.append(library.rollback_phase(settings, phase, option, ui))
-    table = Table(title=f"rollback demo: {len(results)} phases rolled back in "
-                        f"{time.monotonic() - started:.0f} s ({shape} shape)")
-    for column in ("phase", "duration", "gate", "report", "communication"):
-        table.add_column(column, overflow="fold")
-    for r in results:
-        folder = _shown(Path(r.communication[0]).parent) if r.communication else "-"
-        table.add_row(r.phase, f"{r.duration_s:.1f} s", r.gate, _shown(Path(r.report)),
-                      f"{len(r.communication)} files in {folder}")
-    out.print(table)
-
-
-def _shown(path: Path) -> str:
-    """A path as short as it can be said: relative to the current directory when inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    library.print_closing(out, results, time.monotonic() - started, shape)
 
 
 def _register(module: str) -> None:

@@ -13,6 +13,11 @@ root conftest.py and pyproject.toml live), writing into `<reports_root>/<UTC tim
     pytest.log        the console output
 
 Counts come from the JUnit file, so they are the same with or without `-n auto`.
+
+Before pytest starts, the target must be configured (`checks.target.require_target`: no default
+URL, a TEST_API_KEY without whitespace), else ConfigError, exit 2, and not one request sent.
+A phase's checks without a `run_context` use the last run of that phase against the same target
+(`checks.run_context.last_run`), and say which one, first in the output and in pytest.log.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TextIO
 
-from rollback.config import CONFIG_ENV, DEFAULT_CONFIG_FILE
+from rollback.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, load_settings
 from rollback.errors import UsageError
 
 Selection = Literal["fase1", "fase2", "fase3", "all", "health"]
@@ -43,6 +48,7 @@ SELECTIONS: dict[str, str] = {
 }
 TOOLKIT_ROOT = Path(__file__).resolve().parent.parent
 
+PHASES = ("fase1", "fase2", "fase3")
 #: pytest exit code -> the CLI's: 0 healthy, 1 a check failed (or the run broke), 2 bad usage
 _EXIT_CODES = {0: 0, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2}
 
@@ -188,20 +194,32 @@ def run_validation(
 
     env replaces os.environ for the run (the secrets come from it); echo receives the console
     output as it comes; timeout_s bounds the whole run (each check is bounded anyway).
-    Raises UsageError for an unknown selection or when the toolkit's checks are not on disk.
+    Raises UsageError for an unknown selection or when the toolkit's checks are not on disk,
+    ConfigError for a target that is not configured (before any request).
     """
     if selection not in SELECTIONS:
         raise UsageError(f"unknown selection {selection!r}: choose one of {', '.join(SELECTIONS)}")
     if not (TOOLKIT_ROOT / "conftest.py").is_file() or not (TOOLKIT_ROOT / "checks").is_dir():
         raise UsageError(f"the validation suite is not at {TOOLKIT_ROOT} (conftest.py, checks/): "
                          "install the toolkit from its repository (pip install -e .)")
+    from checks._plugin.options import RUN_CONTEXT_ENV
+    from checks.run_context import last_run
+    from checks.target import require_target
+
+    environment = _environment(env)
+    settings = load_settings(env=environment)
+    require_target(settings)
+    found = None
+    if run_context is None and selection in PHASES and not environment.get(RUN_CONTEXT_ENV):
+        found = last_run(settings, selection)  # here: [paths] logs_dir is the caller's
+        run_context = found.context.source if found.context is not None else None
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report_dir = (reports_root / f"{stamp}-{selection}").resolve()
     suffix = 1
     while report_dir.exists():  # two runs in the same second get two folders
         suffix += 1
         report_dir = (reports_root / f"{stamp}-{selection}-{suffix}").resolve()
-    report_dir.mkdir(parents=True)
+    report_dir.mkdir(parents=True, mode=0o700)
     html, junit = report_dir / "report.html", report_dir / "junit.xml"
     allure, log = report_dir / "allure-results", report_dir / "pytest.log"
     command = [
@@ -218,10 +236,17 @@ def run_validation(
         command.append("--gate")
     if run_context is not None:
         command.append(f"--run-context={run_context.resolve()}")
+    command.append("--no-last-run")  # looked for above, from the caller's directory
     command += list(extra_args)
     started = time.perf_counter()
+    log.touch(mode=0o600)
     with log.open("w", encoding="utf-8") as sink:
-        process = subprocess.Popen(command, cwd=TOOLKIT_ROOT, env=_environment(env),
+        if found is not None:
+            sink.write(found.line + "\n")
+            if echo is not None:
+                echo.write(found.line + "\n")
+        # umask 077: reports and logs quote response bodies; they are the owner's only (0600)
+        process = subprocess.Popen(command, cwd=TOOLKIT_ROOT, env=environment, umask=0o077,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert process.stdout is not None
         timer = threading.Timer(timeout_s, _stop, (process,)) if timeout_s else None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from checks.run_context import Baseline, Fase2Backup, KeyCounts, RunContext, load_run_context
+from checks.run_context import Baseline, Fase2Backup, KeyCounts, RunContext, last_run, load_run_context
+from rollback.config import Settings, load_settings
 from rollback.errors import ConfigError
 
 
@@ -59,3 +61,57 @@ def test_bad_context_names_file_and_problem(tmp_path: Path, content: str, proble
 def test_missing_context_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_run_context(tmp_path / "absent.json")
+
+
+# --- the last run of a phase against the same target ----------------------------------------------
+
+
+def _settings(tmp_path: Path, api: str = "http://127.0.0.1:9", database: str = "db1") -> Settings:
+    """A target whose runs are journaled under tmp_path/logs."""
+    config = tmp_path / f"rollback-{database}.toml"
+    config.write_text(f'[target]\napi_base_url = "{api}"\n[paths]\nlogs_dir = "{tmp_path / "logs"}"\n')
+    return load_settings(env={"ROLLBACK_CONFIG": str(config), "TEST_API_KEY": "tis_test_x",
+                              "DATABASE_URL": f"postgresql://u:pw@127.0.0.1:5432/{database}"})
+
+
+def _a_run(settings: Settings, run_id: str, phase: str, *, context: bool = True,
+           target: dict[str, str] | None = None) -> None:
+    """A run's journal (its first line) naming `target` (these settings' by default), and its
+    run context unless `context` is False."""
+    folder = settings.paths.logs_dir / run_id
+    folder.mkdir(parents=True)
+    event = {"ts": f"2026-01-{run_id[6:8]}T00:00:00.000Z", "run_id": run_id,
+             "event": "run_started", "phase": phase,
+             "target": settings.identity.as_dict() if target is None else target}
+    (folder / "journal.jsonl").write_text(json.dumps(event) + "\n")
+    if context:
+        RunContext(run_id=run_id, phase=phase).write(folder / "run-context.json")  # type: ignore[arg-type]
+
+
+def test_the_newest_run_of_the_phase_against_this_target_is_used(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _a_run(settings, "20260101T000000Z-fase2", "fase2")
+    _a_run(settings, "20260102T000000Z-fase2", "fase2")
+    _a_run(settings, "20260103T000000Z-fase1", "fase1")
+    found = last_run(settings, "fase2")
+    assert found.context is not None and found.context.run_id == "20260102T000000Z-fase2"
+    assert (f"run context: 20260102T000000Z-fase2, the last fase2 run against target "
+            f"{settings.identity.id} (http://127.0.0.1:9)") in found.line
+
+
+@pytest.mark.parametrize(("arrange", "passed_over"), [
+    ({"target": {"id": "0ther1d0"}}, "of another target"),
+    ({"context": False}, "stopped before their gate"),
+])
+def test_runs_of_another_target_or_without_a_context_are_passed_over(
+        tmp_path: Path, arrange: dict[str, Any], passed_over: str) -> None:
+    settings = _settings(tmp_path)
+    _a_run(settings, "20260101T000000Z-fase2", "fase2")
+    _a_run(settings, "20260102T000000Z-fase2", "fase2", **arrange)
+    found = last_run(settings, "fase2")
+    assert found.context is not None and found.context.run_id == "20260101T000000Z-fase2"
+    # the same logs folder seen from a target with another database finds neither
+    assert last_run(_settings(tmp_path, database="db9"), "fase2").context is None
+    (settings.paths.logs_dir / "20260101T000000Z-fase2" / "run-context.json").unlink()
+    none = last_run(settings, "fase2")
+    assert none.context is None and passed_over in none.line and "--run-context" in none.line

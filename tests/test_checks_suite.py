@@ -89,21 +89,21 @@ def test_crossing_alert_threshold_fails(any_sandbox: Sandbox, tmp_path: Path) ->
         "test_p95_latency_is_within_limits[leads]").message
 
 
-def test_missing_secrets_skip_and_name_the_variable_and_fail_the_gate(any_sandbox: Sandbox,
-                                                                      tmp_path: Path) -> None:
+def test_missing_database_url_skips_naming_it_and_fails_the_gate(any_sandbox: Sandbox,
+                                                                 tmp_path: Path) -> None:
+    # (a missing TEST_API_KEY is refused before any check: tests/test_checks_target.py)
     env = any_sandbox.env()
-    del env["TEST_API_KEY"], env["DATABASE_URL"]
+    del env["DATABASE_URL"]
     relaxed = run_validation("health", reports_root=tmp_path, env=env, extra_args=["-k", "auth or orphaned"])
     assert relaxed.exit_code == 0
     messages = {c.nodeid.split("::")[1]: c.message for c in relaxed.checks if c.verdict == "skip"}
-    assert "TEST_API_KEY is not set" in messages["test_valid_key_is_accepted"]
     assert "DATABASE_URL is not set" in messages["test_no_orphaned_rows[leads]"]
     gated = run_validation("health", reports_root=tmp_path, env=env, gate=True,
                            extra_args=["-k", "auth or orphaned"])
     assert gated.exit_code == 1
-    assert "--gate: required check skipped: TEST_API_KEY is not set" in gated.check(
-        "test_valid_key_is_accepted").message
-    assert gated.check("test_missing_key_is_rejected").verdict == "pass"  # needs no secret
+    assert "--gate: required check skipped: DATABASE_URL is not set" in gated.check(
+        "test_no_orphaned_rows[leads]").message
+    assert gated.check("test_valid_key_is_accepted").verdict == "pass"  # needs no database
 
 
 def test_xdist_gives_the_same_verdicts(any_sandbox: Sandbox, tmp_path: Path) -> None:

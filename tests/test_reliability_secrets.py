@@ -179,3 +179,60 @@ def test_the_whole_suite_is_green_as_a_select_only_role_and_sends_only_gets(
     assert methods_since(box, since).get("POST", 0) >= 1  # the write check, and only when asked
     junit = next((tmp_path / "write").glob("*/junit.xml")).read_text()
     assert 'name="test_lead_can_be_created"' in junit
+
+
+# --- every error path redacted; personal data masked; reports the owner's only --------------------
+
+from checks._plugin.redact import Redactor  # noqa: E402
+from rollback.validate import run_validation  # noqa: E402
+
+
+@pytest.mark.parametrize(("secret", "text"), [
+    ("tis_test_" + "a" * 32 + "\n",                                 # httpx/h11 quoting a header
+     "LocalProtocolError: Illegal header value b'Bearer tis_test_" + "a" * 32 + "\\n'"),
+    ("tis_test_" + "b" * 32 + "\n", "key tis_test_" + "b" * 32 + " (trimmed)"),
+    ("postgresql://u:pw-9f8e7d@db:5432/x", "connection to postgresql://u:pw-9f8e7d@db:5432/x failed"),
+    ("postgresql://u:pw-9f8e7d@db:5432/x", "password pw-9f8e7d alone"),
+    ("", "GET https://user:hunter22@api.example.com/v1/leads: refused"),   # any URL's userinfo
+    ("", "GET https://tok3n@api.example.com/v1/leads: refused"),
+])
+def test_every_form_of_a_secret_is_masked(secret: str, text: str) -> None:
+    redact = Redactor([secret] if secret else [])
+    masked = redact(text)
+    assert redact.contains_secret(text) and "***" in masked
+    for leak in ("a" * 32, "b" * 32, "pw-9f8e7d", "hunter22", "tok3n"):
+        assert leak not in masked
+
+
+def test_personal_data_is_masked_unless_asked_to_show_it() -> None:
+    body = ('{"id": "3f2c9a1b-0000-4000-8000-000000000001", "first_name": "Ana", '
+            '"full_name": "Ana Ruiz", "phone": "+52 55 1234 5678", "email": "ana.ruiz@example.mx", '
+            '"notes": "call +1 (555) 123-4567 or write to a.r@example.com", '
+            '"created_at": "2026-01-22 10:15:00+00"}')
+    masked = Redactor(mask_pii=True)(body)
+    for personal in ("Ana", "Ruiz", "1234 5678", "ana.ruiz@", "555", "a.r@example.com"):
+        assert personal not in masked
+    for kept in ("3f2c9a1b-0000-4000-8000-000000000001", "2026-01-22 10:15:00+00", '"notes"'):
+        assert kept in masked
+    assert Redactor(mask_pii=False)(body) == body
+    assert Redactor(mask_pii=True).with_pii(False)(body) == body
+
+
+def test_reports_mask_personal_data_by_default_and_are_the_owners_only(sandbox: Sandbox,
+                                                                       tmp_path: Path) -> None:
+    emails = [r[0] for r in sandbox.sql(
+        "SELECT email FROM leads WHERE tenant_id = %s AND email IS NOT NULL", (sandbox.tenant_id,))]
+    assert emails
+    masked = run_validation("health", reports_root=tmp_path / "masked", env=sandbox.env(),
+                            extra_args=["-k", "contract_shape or records_belong"])
+    shown = run_validation("health", reports_root=tmp_path / "shown", env=sandbox.env(),
+                           extra_args=["-k", "contract_shape or records_belong", "--show-pii"])
+    assert masked.exit_code == shown.exit_code == 0, masked.log.read_text()[-2000:]
+    files = [p for p in masked.report_dir.rglob("*") if p.is_file()]
+    assert masked.html in files and masked.junit_xml in files and masked.log in files
+    for path in files:
+        text = path.read_text(errors="replace")
+        assert not [e for e in emails if e in text], f"{path.name} holds a lead's e-mail"
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+    assert any(e in shown.html.read_text(errors="replace") for e in emails)
+    assert masked.report_dir.stat().st_mode & 0o077 == 0

@@ -1,4 +1,16 @@
-"""Removing secrets (API keys, database passwords) from text bound for a report or a message."""
+"""Removing secrets (API keys, database passwords) and personal data from text bound for a
+report, a log or a message.
+
+    Redactor(secrets)                   every known secret, also as an error message quotes it
+                                        (repr-escaped: httpx's "Illegal header value b'...\\n'"),
+                                        and any URL's user and password, become `***`
+    Redactor(secrets, mask_pii=True)    also personal data of response bodies: e-mail addresses,
+                                        international phone numbers, and the values of personal
+                                        name, phone and e-mail fields (`"full_name": "***"`)
+    safe_url(url)                       a URL without its password
+
+The checks mask personal data by default (`--show-pii` shows it, see conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +21,16 @@ from urllib.parse import urlsplit, urlunsplit
 MASK = "***"
 #: metadata / environment names whose values are never shown
 SECRET_NAME = re.compile(r"(?i)(key|token|secret|passw|database_url|dsn|notify_url|auth)")
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+#: scheme://user:password@ or scheme://token@ (userinfo without a password is a secret too)
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<info>[^/@\s]+)@(?=[^\s/@]+)")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+#: +CC then 7 to 14 more digits, spaces, dots, dashes or brackets between them
+_PHONE = re.compile(r"\+\d[\d\s().-]{6,18}\d")
+#: the value of a personal field in JSON, a Python repr or a form: "first_name": "Ana"
+_PII_FIELD = re.compile(
+    r"""(?P<key>(?<![\w])["']?(?:(?:first|last|full|middle|display|contact|customer)_?name"""
+    r"""|phone(?:_?number)?|mobile|telephone|whatsapp|e_?mail)["']?\s*[:=]\s*)"""
+    r"""(?P<value>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""", re.IGNORECASE)
 
 
 def safe_url(url: str) -> str:
@@ -21,26 +42,55 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
-class Redactor:
-    """Replaces every known secret value, and any URL password, with `***`."""
+def _forms(secret: str) -> set[str]:
+    """A secret as text may carry it: as is, trimmed, and escaped as repr() and JSON show it."""
+    forms = {secret, secret.strip(), repr(secret)[1:-1], secret.encode("unicode_escape").decode()}
+    password = urlsplit(secret).password if "://" in secret else None
+    if password:
+        forms.add(password)
+    return {f for f in forms if len(f) >= 4}
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+
+def _userinfo(match: re.Match[str]) -> str:
+    user, sep, _ = match["info"].partition(":")
+    return f"{match['scheme']}{user}:{MASK}@" if sep else f"{match['scheme']}{MASK}@"
+
+
+def _field(match: re.Match[str]) -> str:
+    quote = match["value"][0]
+    return f"{match['key']}{quote}{MASK}{quote}"
+
+
+class Redactor:
+    """Replaces every known secret, and any URL's user and password, with `***`; with
+    `mask_pii` also personal data (see the module docstring)."""
+
+    def __init__(self, secrets: Iterable[str] = (), *, mask_pii: bool = False) -> None:
         found: set[str] = set()
         for secret in secrets:
-            if not secret:
-                continue
-            found.add(secret)
-            password = urlsplit(secret).password if "://" in secret else None
-            if password:
-                found.add(password)
+            if secret:
+                found |= _forms(secret)
         # Longest first, so that a secret containing another is masked whole.
-        self._secrets = sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
+        self._secrets = sorted(found, key=len, reverse=True)
+        self.mask_pii = mask_pii
+
+    def with_pii(self, mask: bool) -> Redactor:
+        """The same secrets, personal data masked or shown."""
+        twin = Redactor(mask_pii=mask)
+        twin._secrets = self._secrets
+        return twin
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
-        return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+        text = _USERINFO.sub(_userinfo, text)
+        if self.mask_pii:
+            text = _PII_FIELD.sub(_field, text)
+            text = _EMAIL.sub(MASK, text)
+            text = _PHONE.sub(MASK, text)
+        return text
 
     def contains_secret(self, text: str) -> bool:
-        return any(secret in text for secret in self._secrets)
+        """Whether the text holds anything this redactor would mask."""
+        return self(text) != text
