@@ -21,10 +21,18 @@ Everything lives in one folder (default `.sandbox/`):
       api.log           the server's output
       bin/vercel        tistis: the stand-in `vercel` command, bound to this folder
       vercel/           tistis: state.json (deployments, production) and the snapshots
+
+A killed PostgreSQL or API is taken over, never worked around: `up`, `status` and `down` find
+the processes by what they are, not only by the pids in sandbox.json (an API is this folder's
+uvicorn on its port, whatever pid sandbox.json names; see `api_processes`, and
+`EmbeddedPostgres.clear_stale` for the database). `up` restarts what is down and replaces an
+API it did not start itself, `status` reports what really runs (and records the pid it finds),
+`down` stops all of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -42,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -170,8 +179,44 @@ def health(state: State, timeout: float = 2.0) -> dict[str, Any] | None:
         return None
 
 
+def api_processes(state: State) -> list[psutil.Process]:
+    """This sandbox's API servers: uvicorn serving app.main:app on its port from a folder of
+    its own. More than the one sandbox.json names when a start lost track of one."""
+    root = str(state.root.resolve())
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        args = process.info["cmdline"] or []
+        with contextlib.suppress(ValueError, IndexError):
+            if ("app.main:app" in args and args[args.index("--port") + 1] == str(state.api_port)
+                    and args[args.index("--app-dir") + 1].startswith(root)):
+                found.append(process)
+    return found
+
+
+def api_pid(state: State) -> int | None:
+    """The pid of the API that serves now: the recorded one if it is this sandbox's API, else
+    the one found serving its port (recorded from now on: taken over)."""
+    serving = [p.pid for p in api_processes(state)]
+    if state.api_pid in serving:
+        return state.api_pid
+    found = serving[0] if len(serving) == 1 else None
+    if found != state.api_pid:
+        state.api_pid = found
+        state.save()
+    return found
+
+
+def database_answers(state: State) -> bool:
+    try:
+        with psycopg.connect(state.database_url, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
 def is_running(state: State) -> bool:
-    return _pid_alive(state.api_pid) and health(state) is not None
+    """The API serves and the database answers (an API whose database was killed is not up)."""
+    return api_pid(state) is not None and health(state) is not None and database_answers(state)
 
 
 def _database_has_tables(url: str) -> bool:
@@ -267,6 +312,8 @@ def start_api(state: State) -> None:
     tistis = state.shape == "tistis"
     app_dir = state.serving_dir
     version = None if tistis else repo.head(state.checkout)
+    stop_api(state)  # an API this folder left running (sandbox.json lost track of it) goes first
+    _port_free(state)
     env = {
         **os.environ,
         "PLATFORM_DATABASE_URL": state.service_url(),
@@ -294,6 +341,8 @@ def start_api(state: State) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            state.api_pid = None
+            state.save()
             raise StepFailed(f"sandbox API exited with {process.returncode} at start: "
                              f"see {state.root / 'api.log'}")
         payload = health(state, timeout=1.0)
@@ -301,25 +350,44 @@ def start_api(state: State) -> None:
                         else payload.get("version") == version):
             return
         time.sleep(0.1)
+    stop_api(state)  # never leave one running that sandbox.json does not name
     raise StepFailed(f"sandbox API did not answer /health within {START_TIMEOUT_S:g} s: "
                      f"see {state.root / 'api.log'}")
 
 
+def _port_free(state: State) -> None:
+    """The API's port must be free: a program not of this sandbox there is named, not killed."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", state.api_port))
+            return
+        except OSError:
+            pass
+    holder = next((c.pid for c in psutil.net_connections("tcp") if c.laddr
+                   and c.laddr.port == state.api_port and c.status == psutil.CONN_LISTEN), None)
+    who = f"pid {holder} ({' '.join(psutil.Process(holder).cmdline()[:3])})" if holder else \
+        "another program"
+    raise StepFailed(f"port {state.api_port} of the sandbox's API is taken by {who}, not this "
+                     f"sandbox's API: stop it, or rebuild on another port (`rollback sandbox up "
+                     f"--reset --port N --dir {state.root}`)")
+
+
 def stop_api(state: State) -> None:
-    pid = state.api_pid
-    if _pid_alive(pid):
-        assert pid is not None
-        os.killpg(pid, signal.SIGTERM)
+    """Stop this sandbox's API: the one sandbox.json names and any other it finds serving the
+    port (one whose start lost track of it). A recorded pid that is now another program's is
+    left alone."""
+    for process in api_processes(state):
+        pid = process.pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)  # started in a session of its own: its group
         deadline = time.monotonic() + 10
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if _pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-    try:  # reap it if it is our child
-        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our child
             os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     state.api_pid = None
     state.save()
 
@@ -427,8 +495,12 @@ def up(
 def _restart(state: State, log: Any) -> None:
     server = state.postgres()
     if server and not server.is_running():
+        for line in server.clear_stale():
+            log(line)
         server.start()
         log(f"embedded PostgreSQL restarted on 127.0.0.1:{server.port}")
+    if api_pid(state) is not None:
+        log(f"API pid {state.api_pid} replaced by a fresh one (its database connections are stale)")
     if state.shape == "tistis" and state.service_password:
         # roles are cluster-wide: put the login back in case the cluster was rebuilt under us
         with psycopg.connect(state.database_url, autocommit=True, connect_timeout=10) as conn:
@@ -503,16 +575,28 @@ def env_values(root: Path = DEFAULT_DIR, path: str | None = None) -> dict[str, s
 
 
 def status(root: Path = DEFAULT_DIR) -> dict[str, Any]:
+    """What really runs: processes found by what they are, the database asked over TCP."""
     state = require(root)
     server = state.postgres()
-    payload = health(state) if _pid_alive(state.api_pid) else None
+    recorded = state.api_pid
+    pid = api_pid(state)
+    payload = health(state) if pid is not None else None
+    answers = database_answers(state)
+    if state.embedded:
+        database = "embedded, " + ("running" if server and server.is_running() else "stopped")
+    else:
+        database = "external"
+    database += "" if answers else ", not answering"
+    api = f"{state.api_base_url} " + ("up" if payload else "down")
+    if pid is not None and pid != recorded:
+        api += f" (pid {pid}, taken over: sandbox.json named {recorded})"
     result: dict[str, Any] = {
         "dir": state.dir,
         "shape": state.shape,
-        "database": ("embedded, " + ("running" if server and server.is_running() else "stopped"))
-        if state.embedded else "external",
-        "api": f"{state.api_base_url} " + ("up" if payload else "down"),
-        "api_pid": state.api_pid if _pid_alive(state.api_pid) else None,
+        "ready": bool(payload) and answers,
+        "database": database,
+        "api": api,
+        "api_pid": pid,
         "deployed_version": (payload or {}).get("version"),
         "checkout_head": repo.head(state.checkout),
     }

@@ -4,6 +4,11 @@ We use the wheel's binaries (initdb, pg_ctl, postgres) but drive them ourselves,
 sandbox server must outlive the command that started it (the wheel's own wrapper stops it at
 interpreter exit) and must listen on TCP with password authentication like a real database.
 PostgreSQL refuses to run as root, so as root the server runs as a dedicated system user.
+
+A server killed with SIGKILL leaves its `postmaster.pid` behind, and for a moment backends that
+outlive it; `start`, `stop` and `is_running` see both for what they are (a pid file whose process
+is gone or is not this cluster's; processes of this cluster's binary working in its data folder
+with no postmaster) and clear them, so the next start takes over cleanly.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -80,6 +86,14 @@ def _open_path_for(path: Path, user: str) -> None:
                 item.chmod(wanted)
     entry = pwd.getpwnam(user)
     os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _is_postmaster(process: psutil.Process) -> bool:
+    """The server itself (started with -D), alive; its backends carry a title instead."""
+    try:
+        return "-D" in process.cmdline() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @dataclass(frozen=True)
@@ -154,7 +168,46 @@ class EmbeddedPostgres:
             password_file.unlink(missing_ok=True)
         return server
 
+    def postmaster_pid(self) -> int | None:
+        """The pid `postmaster.pid` names, if the file is there and readable."""
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this cluster: its binary, working in its data folder (the
+        postmaster and its backends, and backends a killed postmaster left behind)."""
+        binary = str((bin_dir() / "postgres").resolve())
+        data = str(self.data_dir.resolve())
+        found = []
+        for process in psutil.process_iter(["exe", "cwd"]):
+            with contextlib.suppress(psutil.Error):
+                if process.info["exe"] == binary and process.info["cwd"] == data:
+                    found.append(process)
+        return found
+
+    def clear_stale(self) -> list[str]:
+        """With no live postmaster: end the processes it left behind and remove a pid file
+        that names a process gone (or not this cluster's). Says what it cleared."""
+        cleared = []
+        pid = self.postmaster_pid()
+        mine = self.processes()
+        if any(_is_postmaster(p) for p in mine):
+            return []  # a live postmaster: nothing is stale
+        for process in mine:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGKILL)
+                cleared.append(f"ended PostgreSQL process {process.pid} left by a dead postmaster")
+        psutil.wait_procs(mine, timeout=10)
+        if pid is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / "postmaster.pid").unlink()
+                cleared.append(f"removed the stale postmaster.pid of pid {pid} (gone)")
+        return cleared
+
     def start(self) -> None:
+        self.clear_stale()
         # fsync off: a sandbox trades durability after an OS crash for speed; never production.
         options = (
             f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c full_page_writes=off "
@@ -167,15 +220,20 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         if not self.is_running():
+            self.clear_stale()  # nothing answers: end what a killed server left behind
             return
-        postmaster = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        postmaster = self.postmaster_pid() or 0
         self._pg("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop")
         # pg_ctl returns once the pid file is gone, a moment before the process itself
         with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
             psutil.Process(postmaster).wait(timeout=10)
 
     def is_running(self) -> bool:
+        """Whether the postmaster of this cluster runs (a pid file left by a killed one: no)."""
         if not (self.data_dir / "postmaster.pid").exists():
+            return False
+        pid = self.postmaster_pid()
+        if pid is not None and not psutil.pid_exists(pid):
             return False
         self._reach()
         result = _run_pg([str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"], check=False)
