@@ -6,7 +6,8 @@ built from the sandbox's settings exactly as the driver builds it:
 
     Backup       pre-image of every branch key in `rollback_backup.fase2_keys_<run>`, its
                  checksum, the CSV copy, and the affected tenants (rollback/runs/steps.py)
-    ConvertKeys  the batched, resumable conversion with a progress row per batch (dbops.py)
+    ConvertKeys  the batched, resumable conversion with a progress row per batch
+                 (rollback/actions/branch_keys.py)
 
 They run in a process of their own, as `rollback run` does: in the benchmark's process they
 would share its interpreter lock with the read load's threads, and the load would time the
@@ -56,9 +57,10 @@ def convert_with_driver(env: Mapping[str, str], work: Path, run_id: str,
                         run_settings: Mapping[str, Any] | None = None) -> DriverTiming:
     """Run the driver's Backup then ConvertKeys steps in this process, against the target `env`
     names. `run_settings` overrides the `[run]` section (e.g. batch_size), as rollback.toml would."""
+    from rollback.actions.branch_keys import ConvertKeys
     from rollback.config import load_settings
     from rollback.runs.core import Options, Run, SilentUi
-    from rollback.runs.steps import Backup, ConvertKeys
+    from rollback.runs.steps import Backup
 
     settings = load_settings(env, overrides={"paths": {"logs_dir": str(work / "logs"),
                                                        "reports_dir": str(work / "reports")},

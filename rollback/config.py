@@ -65,8 +65,11 @@ class Target(_Section):
     branch: str = "main"
     remote: str = "origin"
     build_command: str | None = None
-    deploy_mode: Literal["command", "push", "manual"] = "command"
+    #: how the rollback reaches production: rollback/deploy/ has one adapter per mode
+    deploy_mode: Literal["command", "git", "vercel", "manual"] = "command"
     deploy_command: str | None = "vercel --prod --yes"
+    #: the Vercel CLI, for deploy_mode = "vercel" (words split as a shell would)
+    vercel_command: str = "vercel"
     deploy_timeout_s: float = Field(default=300.0, gt=0)
     request_timeout_s: float = Field(default=10.0, gt=0)
     expected_version: str | None = None

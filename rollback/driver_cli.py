@@ -21,7 +21,14 @@ PHASE = click.argument("phase", type=click.Choice(["fase1", "fase2", "fase3"]))
 DB_OPTION = click.option("--db-option", type=click.IntRange(1, 2), default=None,
                          help="FASE 3 only: 1 (default) keeps its database objects, 2 drops them.")
 COMMIT = click.option("--commit", metavar="SHA",
-                      help="Revert this commit instead of searching for the phase's trailer.")
+                      help="Revert this commit instead of the ones the phase manifest finds; "
+                           "refused if it carries other phases, unless --whole-commit.")
+WHOLE = click.option("--whole-commit", is_flag=True,
+                     help="Revert the phase's commits (or --commit) whole, with every phase they "
+                          "carry and those phases' database steps.")
+KEEP = click.option("--keep-deploy-branch", is_flag=True,
+                    help="Do not merge the revert into [target] branch: its next deploy ships the "
+                         "phase again (the plan and the summary say so first).")
 
 class ConsoleUi:
     """The operator's terminal: rich output; questions only when stdin is a terminal."""
@@ -45,19 +52,24 @@ def _settings() -> Any:
     return load_settings()
 
 
-def _given(db_option: int | None, commit: str | None) -> frozenset[str]:
+def _given(db_option: int | None, commit: str | None, whole_commit: bool = False,
+           keep_deploy_branch: bool = False) -> frozenset[str]:
     """The options the operator typed; a resumed run takes the others from its journal."""
-    return frozenset(name for name, value in (("db_option", db_option), ("commit", commit))
-                     if value is not None)
+    typed = (("db_option", db_option), ("commit", commit),
+             ("whole_commit", whole_commit or None), ("keep_deploy_branch", keep_deploy_branch or None))
+    return frozenset(name for name, value in typed if value is not None)
 
 
 @click.command("plan")
 @PHASE
 @DB_OPTION
 @COMMIT
+@WHOLE
+@KEEP
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @edge
-def plan_command(phase: str, db_option: int | None, commit: str | None, as_json: bool) -> None:
+def plan_command(phase: str, db_option: int | None, commit: str | None, whole_commit: bool,
+                 keep_deploy_branch: bool, as_json: bool) -> None:
     """Show what `rollback run PHASE` would do now, changing nothing.
 
     Commits to revert, build and deploy commands, keys whose access widens (per tenant), objects
@@ -67,13 +79,15 @@ def plan_command(phase: str, db_option: int | None, commit: str | None, as_json:
     Example:
       rollback plan fase2
       rollback plan fase3 --db-option 2 --json
+      rollback plan fase1 --commit 910ab1e --whole-commit
     """
     from rollback.runs import driver
     from rollback.runs.core import Options, SilentUi
 
     ui: Any = SilentUi() if as_json else ConsoleUi()
-    result = driver.plan(_settings(), Options(phase, db_option or 1, commit), ui,
-                         given=_given(db_option, commit))
+    result = driver.plan(_settings(), Options(phase, db_option or 1, commit, whole_commit,
+                                              keep_deploy_branch), ui,
+                         given=_given(db_option, commit, whole_commit, keep_deploy_branch))
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2, default=str))
     else:
@@ -84,12 +98,14 @@ def plan_command(phase: str, db_option: int | None, commit: str | None, as_json:
 @PHASE
 @DB_OPTION
 @COMMIT
+@WHOLE
+@KEEP
 @click.option("--yes", is_flag=True,
               help="Do not ask for the confirmation text (needed without a terminal).")
 @click.option("--new", is_flag=True, help="Abandon an unfinished run of this phase and start over.")
 @edge
-def run_command(phase: str, db_option: int | None, commit: str | None, yes: bool,
-                new: bool) -> None:
+def run_command(phase: str, db_option: int | None, commit: str | None, whole_commit: bool,
+                keep_deploy_branch: bool, yes: bool, new: bool) -> None:
     """Roll PHASE back: pre-flight, baseline, backup, revert, build, deploy, database, gate, messages.
 
     Shows the plan and asks you to type ROLLBACK <PHASE>. An unfinished run of the same phase is
@@ -103,12 +119,15 @@ def run_command(phase: str, db_option: int | None, commit: str | None, yes: bool
     Example:
       rollback run fase3 --db-option 2
       rollback run fase2 --yes
+      rollback run fase1 --commit 910ab1e --whole-commit --db-option 2
     """
     from rollback.runs import driver
     from rollback.runs.core import Options
 
-    outcome = driver.execute(_settings(), Options(phase, db_option or 1, commit), ConsoleUi(),
-                             yes=yes, new=new, given=_given(db_option, commit))
+    outcome = driver.execute(_settings(), Options(phase, db_option or 1, commit, whole_commit,
+                                                  keep_deploy_branch), ConsoleUi(),
+                             yes=yes, new=new,
+                             given=_given(db_option, commit, whole_commit, keep_deploy_branch))
     out.print(escape(outcome.summary), style="bold green", soft_wrap=True)
 
 

@@ -286,10 +286,12 @@ def grant_service_login(conn: psycopg.Connection[Any], password: str) -> None:
 
 
 def _write_target_config(state: State) -> None:
-    if state.shape == "tistis":
-        deploy = f"{shlex.quote(str(state.vercel_command))} --prod --yes"
+    if state.shape == "tistis":  # the vercel adapter, through the stand-in CLI
+        vercel = json.dumps(shlex.quote(str(state.vercel_command)))
+        how = f'deploy_mode = "vercel"\nvercel_command = {vercel}\n'
     else:
         deploy = f"{shlex.quote(sys.executable)} -m rollback sandbox deploy --dir {shlex.quote(state.dir)}"
+        how = f'deploy_mode = "command"\ndeploy_command = {json.dumps(deploy)}\n'
     state.config_file.write_text(
         "# The sandbox described as a rollback target (written by `rollback sandbox up`).\n"
         "[platform]\n"
@@ -300,8 +302,7 @@ def _write_target_config(state: State) -> None:
         f'api_base_url = "{state.api_base_url}"\n'
         f"repo = {json.dumps(str(state.checkout))}\n"
         f"build_command = {json.dumps(shlex.quote(sys.executable) + ' build.py')}\n"
-        'deploy_mode = "command"\n'
-        f"deploy_command = {json.dumps(deploy)}\n"
+        f"{how}"
         "deploy_timeout_s = 60\n"
     )
 

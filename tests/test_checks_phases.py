@@ -22,9 +22,8 @@ import psycopg
 import pytest
 
 from checks.run_context import Baseline, Fase2Backup, KeyCounts, RunContext
-from rollback.fase3 import objects_in_repo
+from rollback.fase3 import DbObject, objects_in_repo
 from rollback.runs import gitops, phasecode
-from rollback.runs.dbops import DbObject
 from rollback.validate import ValidationResult, run_validation
 from tests.conftest import Sandbox
 

@@ -388,13 +388,33 @@ def test_deploy_that_never_reports_its_version_fails_and_takes_the_revert_back(t
     silent = make_target(box, target.config.parent, target={"deploy_command": "true",
                                                             "deploy_timeout_s": 2})
     before = state_of(box)
-    started = time.monotonic()
-    result = silent.rollback("run", "fase2", "--yes")
+    result = silent.rollback("run", "fase1", "--yes")
     assert result.returncode == 1
     assert "did not report" in result.stderr and "still serves the original" in result.stderr
-    assert time.monotonic() - started < 30
+    assert "nothing changed" in result.stderr
     assert state_of(box) == before
-    assert target.only_run("fase2").failed_step == "deploy"
+    assert target.only_run("fase1").failed_step == "deploy"
+
+
+@pytest.mark.slow
+def test_fase2_converts_the_keys_before_the_deploy_so_a_failed_deploy_says_how_to_undo(
+        target: Target) -> None:
+    box = target.box
+    silent = make_target(box, target.config.parent, target={"deploy_command": "true",
+                                                            "deploy_timeout_s": 2})
+    result = silent.rollback("run", "fase2", "--yes")
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert "still serves the original" in line and "nothing changed" not in line, line
+    failed = target.only_run("fase2")
+    assert f"rollback restore fase2 --run {failed.run_id}" in line, line
+    # the conversion ran before the deploy: the code still live (FASE 2's) reads tenant keys
+    assert failed.failed_step == "deploy" and "database" in failed.completed
+    assert state_of(box).branch_keys == 0 and state_of(box).branch == failed.facts["rollback_branch"]
+    resumed = make_target(box, target.config.parent).rollback("run", "fase2", "--yes")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "Convert branch keys: done before, skipped" in resumed.stdout
+    assert target.only_run("fase2").state == "succeeded"
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -524,7 +544,7 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes_under_the_same_run_id(target:
     interrupted = target.only_run("fase2")
     assert interrupted.state == "interrupted" and interrupted.interrupted_step == "deploy"
     assert not (box.repo / ".git" / "rollback.lock").exists()
-    assert state_of(box).branch_keys > 0  # the database step had not started
+    assert state_of(box).branch_keys == 0  # converted before the deploy, which was cut short
 
     resumed = target.rollback("run", "fase2", "--yes")
     assert resumed.returncode == 0, resumed.stderr

@@ -4,6 +4,7 @@ through the stand-in `vercel`, and proves through the API that the other phases 
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 from tests.conftest import Sandbox, SandboxFactory
 from tests.test_drivers import Target, git, make_target
 
-pytestmark = pytest.mark.slow
+# each test runs whole rollbacks (a build, a deploy, a gate): bounded wide, for a loaded machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 PHASE_SUBJECT = "^feat: FASE 1, 2 & 3 Complete"
 
@@ -190,3 +192,106 @@ def test_fase3_restore_brings_back_grants_and_comments_exactly(tistis: Target) -
     restored = tistis.rollback("restore", "fase3", "--run", record.run_id, "--yes")
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert box.sql(ACLS) == before
+
+
+def _step_names(target: Target, *args: str) -> list[str]:
+    done = target.rollback("plan", *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return [s["name"] for s in json.loads(done.stdout)["steps"]]
+
+
+def test_fase2_converts_before_the_deploy_and_fase3_drops_after_it(tistis: Target) -> None:
+    fase2 = _step_names(tistis, "fase2")
+    assert fase2.index("build") < fase2.index("database") < fase2.index("deploy"), fase2
+    fase3 = _step_names(tistis, "fase3", "--db-option", "2")
+    assert fase3.index("deploy") < fase3.index("publish") < fase3.index("database"), fase3
+
+
+def test_whole_commit_takes_every_phase_back_with_each_database_step(tistis: Target) -> None:
+    box = tistis.box
+    phase_commit = _phase_commit(box)
+    args = ("fase1", "--commit", phase_commit[:7], "--whole-commit", "--db-option", "2")
+    planned = tistis.rollback("plan", *args)
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.lstrip().startswith(
+        "--whole-commit: this run takes back fase1, fase2, fase3"), planned.stdout[:300]
+    names = _step_names(tistis, *args)
+    assert names.index("database-fase2") < names.index("deploy") < names.index("database-fase3")
+
+    done = _run(tistis, *args)
+    assert "fase1, fase2, fase3 rolled back" in done.stdout
+    body = git(box.repo, "log", "-1", "--format=%B", "HEAD")
+    assert all(f"Rollback-Phase-Reverted: {p} {phase_commit}" in body
+               for p in ("fase1", "fase2", "fase3")), body
+    assert box.sql("SELECT count(*) FROM api_keys WHERE scope_type = 'branch'")[0][0] == 0
+    assert box.sql("SELECT count(*) FROM pg_matviews WHERE matviewname = "
+                   "'mv_branch_performance_metrics'")[0][0] == 0
+    record = tistis.only_run("fase1")
+    assert record.facts["phases"] == ["fase1", "fase2", "fase3"]
+    assert set(record.gate["phases"]) == {"fase1", "fase2", "fase3"}
+    assert all(p["passed"] for p in record.gate["phases"].values())
+    # the database parts of the other phases are undone like their own runs' would be
+    restored = tistis.rollback("restore", "fase2", "--run", record.run_id, "--yes")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert box.sql("SELECT count(*) FROM api_keys WHERE scope_type = 'branch'")[0][0] == \
+        record.facts["fase2_backup"]["row_count"]
+
+
+def test_keep_deploy_branch_is_said_first_and_leaves_the_deploy_branch(tistis: Target) -> None:
+    box = tistis.box
+    origin = box.dir / "origin.git"
+    main_before = git(origin, "rev-parse", "main")
+    planned = tistis.rollback("plan", "fase1", "--keep-deploy-branch")
+    assert planned.returncode == 0, planned.stderr
+    first = planned.stdout.lstrip().splitlines()[0]
+    assert first.startswith("WARNING: --keep-deploy-branch: main keeps fase1"), first
+    done = _run(tistis, "fase1", "--keep-deploy-branch")
+    summary = done.stdout.strip().splitlines()
+    assert any(line.startswith("WARNING: --keep-deploy-branch") for line in summary[-3:]), summary[-3:]
+    assert git(origin, "rev-parse", "main") == main_before
+    assert git(box.repo, "rev-parse", "main") == main_before  # not merged locally either
+    assert tistis.only_run("fase1").facts["published"] is None
+
+
+def test_fase3_drop_is_refused_whole_when_something_outside_depends_on_it(tistis: Target) -> None:
+    box = tistis.box
+    box.sql("CREATE VIEW vw_outside_report AS SELECT * FROM mv_branch_performance_metrics")
+    present = box.sql(ACLS)
+    done = tistis.rollback("run", "fase3", "--db-option", "2", "--yes", timeout=400)
+    assert done.returncode == 1, done.stdout[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert "nothing dropped" in line and \
+        "view vw_outside_report depends on mv_branch_performance_metrics" in line, line
+    assert box.sql(ACLS) == present  # every FASE 3 object still there
+
+
+def test_vercel_goes_back_to_an_earlier_deployment_only_when_it_has_the_reverted_tree(
+        tistis: Target) -> None:
+    from rollback.config import load_settings
+    from rollback.deploy.vercel import Vercel
+    from rollback.runs.core import Options, Run, SilentUi
+
+    box = tistis.box
+    run = Run(load_settings(env=tistis.env()), Options("fase1"), SilentUi(), dry=True)
+    vercel = Vercel()
+    good = git(box.repo, "rev-parse", "HEAD")
+    assert vercel.serving(run) == good
+    # a bad commit deployed on top: production's latest deployment
+    (box.repo / "BAD.md").write_text("a bad change\n")
+    git(box.repo, "add", "BAD.md")
+    git(box.repo, "commit", "-q", "-m", "bad change")
+    subprocess.run([str(box.dir / "bin" / "vercel"), "--prod", "--yes", "--cwd", str(box.repo)],
+                   check=True, capture_output=True, timeout=300)
+    bad = git(box.repo, "rev-parse", "HEAD")
+    assert vercel.serving(run) == bad
+    # its revert has exactly the tree of the deployment before it: no build, an instant rollback
+    git(box.repo, "revert", "--no-edit", "HEAD")
+    revert = git(box.repo, "rev-parse", "HEAD")
+    found = vercel.earlier(run, revert)
+    assert found is not None and found.commit == good
+    assert "instant rollback with `vercel rollback" in vercel.describe(run, revert)[0]
+    started = vercel.start(run, revert)
+    assert started.expected == good and vercel.serving(run) == good
+    # production is no longer on the latest deployment: nothing is guessed, it deploys instead
+    assert vercel.earlier(run, revert) is None
+    assert vercel.describe(run, revert)[0].startswith("`vercel --prod --yes`")

@@ -12,9 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from rollback.actions.branch_keys import AffectedKey, AffectedTenant
+from rollback.actions.fase3_objects import order_for_drop
 from rollback.errors import StepFailed
+from rollback.fase3 import (
+    KIND_ORDER,
+    DbObject,
+    MigrationUnreadable,
+    apply_migration,
+    parse_migration_objects,
+)
 from rollback.profile import load_profile
-from rollback.runs import comms, dbops, gitops
+from rollback.runs import comms, gitops
 from rollback.runs.core import Redactor
 from rollback.runs.journal import Journal, replay, unfinished_run
 from rollback.runs.locks import RepoLock, read_holder
@@ -30,7 +39,7 @@ FASE3_MIGRATION = ROOT / "sandbox/platform/fase3/migrations/030_fase3_performanc
 
 
 def test_migration_parser_finds_every_fase3_object_of_the_contract() -> None:
-    objects = dbops.parse_migration_objects(FASE3_MIGRATION.read_text())
+    objects = parse_migration_objects(FASE3_MIGRATION.read_text())
     by_kind: dict[str, list[str]] = {}
     for obj in objects:
         by_kind.setdefault(obj.kind, []).append(obj.name)
@@ -62,19 +71,54 @@ def test_migration_parser_ignores_names_in_comments_strings_and_bodies() -> None
     $body$;
     CREATE MATERIALIZED VIEW IF NOT EXISTS app.mv_x AS SELECT 1;
     """
-    objects = dbops.parse_migration_objects(text)
+    objects = parse_migration_objects(text)
     assert [(o.kind, o.name) for o in objects] == [
         ("index", "Idx_Quoted"), ("function", "f"), ("materialized view", "app.mv_x")]
-    assert objects[1].args == "p_a uuid, p_b timestamp with time zone DEFAULT now()"
+    assert objects[1].args == "uuid, timestamp with time zone"
 
 
 def test_drop_order_puts_dependants_first() -> None:
-    objects = dbops.parse_migration_objects(FASE3_MIGRATION.read_text())
-    kinds = [o.kind for o in dbops.drop_order(objects)]
-    assert kinds == sorted(kinds, key=dbops.KIND_ORDER.__getitem__)
-    names = [o.name for o in dbops.drop_order(objects)]
+    objects = parse_migration_objects(FASE3_MIGRATION.read_text())
+    kinds = [o.kind for o in order_for_drop(objects, set())]
+    assert kinds == sorted(kinds, key=KIND_ORDER.__getitem__)
+    names = [o.name for o in order_for_drop(objects, set())]
     # the view reading the materialized view goes before it
     assert names.index("vw_cache_freshness") < names.index("mv_branch_performance_metrics")
+
+
+def test_migration_parser_follows_drops_and_renames_as_the_files_apply() -> None:
+    first = """
+    CREATE INDEX idx_a ON leads (a);
+    CREATE INDEX idx_b ON leads (b);
+    CREATE FUNCTION f(p uuid, OUT total int) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
+    CREATE FUNCTION f(p text) RETURNS int LANGUAGE sql AS $$ SELECT 2 $$;
+    CREATE VIEW vw_old AS SELECT 1;
+    """
+    later = """
+    DROP INDEX IF EXISTS idx_a;
+    DROP FUNCTION f(text);
+    ALTER VIEW vw_old RENAME TO vw_new;
+    CREATE OR REPLACE FUNCTION f(p uuid, OUT total int) RETURNS int LANGUAGE sql AS $$ SELECT 3 $$;
+    """
+    objects = apply_migration(later, apply_migration(first))
+    assert [o.label for o in objects] == ["idx_b", "vw_new", "f(uuid)"]
+
+
+def test_a_migration_postgres_cannot_parse_is_refused_not_guessed() -> None:
+    with pytest.raises(MigrationUnreadable, match="syntax error"):
+        apply_migration("CREATE INDEX idx_x ON leads (a;\n")
+
+
+def test_drop_order_follows_the_catalogs_dependencies_before_kinds() -> None:
+    mv = DbObject("materialized view", "mv")
+    idx = DbObject("index", "idx_on_mv")
+    fn = DbObject("function", "reads_view", "")
+    view = DbObject("view", "vw")
+    # an index on the materialized view, a view a function reads, a view on the function
+    edges = {(idx, mv), (fn, view), (view, fn)}  # a cycle falls back to kinds
+    order = order_for_drop([mv, idx, view, fn], edges | {(view, mv)})
+    assert order.index(idx) < order.index(mv) and order.index(view) < order.index(mv)
+    assert order_for_drop([mv, idx], set()) == [mv, idx]  # no edge: kinds say views/mviews first
 
 
 # --- the journal ---------------------------------------------------------------------------------
@@ -251,9 +295,9 @@ def test_redactor_hides_secrets_url_passwords_and_key_shaped_strings() -> None:
 
 
 def test_customer_email_names_the_tenants_keys_from_the_backup() -> None:
-    tenant = dbops.AffectedTenant("t1", "Clínica Uno", "clinica-uno", 3, (
-        dbops.AffectedKey("k1", "Branch POS integration", "AbCd", True, "b1", "Monterrey 1"),
-        dbops.AffectedKey("k2", "Old kiosk", "WxYz", False, "b2", "Puebla 2")))
+    tenant = AffectedTenant("t1", "Clínica Uno", "clinica-uno", 3, (
+        AffectedKey("k1", "Branch POS integration", "AbCd", True, "b1", "Monterrey 1"),
+        AffectedKey("k2", "Old kiosk", "WxYz", False, "b2", "Puebla 2")))
     env = comms.environment()
     text = env.get_template("customer_email_fase2.txt.j2").render(
         product="P", support_email="s@x", support_contact="s@x", run_id="r1",
@@ -280,8 +324,8 @@ def test_every_template_renders_without_a_missing_fact() -> None:
         "dropped": ["x"], "log_path": "l", "timeline": [{"ts": "t", "text": "x"}],
         "endpoints": ["/v1/leads"],
     }
-    facts["tenant"] = dbops.AffectedTenant("t1", "T", "t", 2, (
-        dbops.AffectedKey("k1", "K", "AbCd", True, "b1", "B"),))
+    facts["tenant"] = AffectedTenant("t1", "T", "t", 2, (
+        AffectedKey("k1", "K", "AbCd", True, "b1", "B"),))
     env = comms.environment()
     for phase in ("fase1", "fase2", "fase3"):
         extra = ["in_app_notice_fase2.md"] if phase == "fase2" else []

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from rollback.actions import branch_keys
 from rollback.runs import dbops
 from rollback.runs.journal import RunRecord
 from tests.conftest import Sandbox, SandboxFactory
@@ -151,7 +152,8 @@ def test_fase2_killed_at_every_step_and_mid_conversion_ends_like_an_uninterrupte
         assert_killed_in(target.only_run("fase2"), done, step)
         assert (box.repo / ".git" / "rollback.lock").exists(), "a SIGKILL leaves the lock file"
 
-    steps = ["preflight", "baseline", "backup", "code", "build", "deploy", "publish", "database",
+    # FASE 2's conversion comes before the deploy: the reverted code never meets a branch key
+    steps = ["preflight", "baseline", "backup", "code", "build", "database", "deploy", "publish",
              "gate", "communicate"]
 
     crash("1-baseline", "baseline", steps[:1], lambda d: step_started(target, d, "baseline"),
@@ -175,21 +177,23 @@ def test_fase2_killed_at_every_step_and_mid_conversion_ends_like_an_uninterrupte
     make_target(box, target.config.parent, run=BATCHES,
                 target={"build_command": f"sleep 3; {config['build_command']}"})
     crash("4-build", "build", steps[:4], lambda d: step_started(target, d, "build"))
-    make_target(box, target.config.parent, run=BATCHES,
-                target={"deploy_command": f"sleep 1; {config['deploy_command']}"})
-    crash("5-deploy", "deploy", steps[:5], lambda d: step_started(target, d, "deploy"))
     make_target(box, target.config.parent, run=BATCHES)  # the sandbox's own commands again
 
     app = f"rollback {run_id}"
     lock_key = "SELECT 1 FROM api_keys WHERE id = %s FOR UPDATE"
-    for name, batch in (("6-database", 0), ("7-batch-2", 2), ("8-batch-4", 4),
-                        ("9-last-batch", batches - 1)):
-        crash(name, "database", steps[:7],
+    for name, batch in (("5-database", 0), ("6-batch-2", 2), ("7-batch-4", 4),
+                        ("8-last-batch", batches - 1)):
+        crash(name, "database", steps[:5],
               lambda d, b=batch: len(progress_rows(box, run_id)) == b and waiting_on_a_lock(box, app),
               row_locked(box, lock_key, (ids[batch * size],)))
         assert len(progress_rows(box, run_id)) == batch
         left = box.sql("SELECT count(*) FROM api_keys WHERE scope_type = 'branch'")[0][0]
         assert left == len(ids) - batch * size, "keys converted and progress rows disagree"
+
+    make_target(box, target.config.parent, run=BATCHES,
+                target={"deploy_command": f"sleep 1; {config['deploy_command']}"})
+    crash("9-deploy", "deploy", steps[:6], lambda d: step_started(target, d, "deploy"))
+    make_target(box, target.config.parent, run=BATCHES)
 
     crash("10-gate", "gate", steps[:8], gate_checks)
     hook_server = SilentHook()
@@ -213,8 +217,8 @@ def test_fase2_killed_at_every_step_and_mid_conversion_ends_like_an_uninterrupte
     resumed = resume_events(target)
     assert [e["previous"]["pid"] for e in resumed] == killed
     assert [e["previous"]["step"] for e in resumed] == [
-        "baseline", "backup", "code", "build", "deploy", "database", "database", "database",
-        "database", "gate", "communicate"]
+        "baseline", "backup", "code", "build", "database", "database", "database", "database",
+        "deploy", "gate", "communicate"]
     assert {e["previous"]["state"] for e in resumed} == {"killed"}
     events = journal_events(next(target.logs.glob("*/journal.jsonl")))
     finished = [e["step"] for e in events if e["event"] == "step_finished"]
@@ -238,7 +242,7 @@ def test_fase2_killed_at_every_step_and_mid_conversion_ends_like_an_uninterrupte
     rows_of = box.sql(sql.SQL("SELECT id::text, scope_type FROM {} ORDER BY id").format(table))
     assert rows_of == [(key, "branch") for key in ids]
     with psycopg.connect(box.database_url) as conn:  # its table still matches its checksum
-        assert dbops.verify_backup(conn, backup["schema"], run_id)["row_count"] == len(ids)
+        assert branch_keys.verify_backup(conn, backup["schema"], run_id)["row_count"] == len(ids)
     csv_path = Path(backup["csv"])
     with csv_path.open(newline="") as handle:
         assert sorted(r["id"] for r in csv.DictReader(handle)) == ids

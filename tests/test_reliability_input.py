@@ -192,7 +192,7 @@ CASES: dict[str, Any] = {
                                 _uncommitted),
     "detached-head": Case(("run", "fase1", "--yes"), 1, "is on a detached HEAD", _detached),
     "missing-remote": Case(("run", "fase1", "--yes"), 2, '[target] remote = "upstream": ',
-                           _config(target={"deploy_mode": "push", "remote": "upstream"})),
+                           _config(target={"deploy_mode": "git", "remote": "upstream"})),
 }
 
 

@@ -19,6 +19,8 @@ import psycopg
 import pytest
 
 from checks.run_context import Fase2Backup, KeyCounts, RunContext
+from rollback.actions import fase3_objects
+from rollback.fase3 import parse_migration_objects
 from rollback.runs import dbops
 from rollback.validate import run_validation
 from tests.conftest import Sandbox
@@ -67,10 +69,10 @@ def test_a_hostile_schema_name_is_quoted_through_backup_conversion_checks_and_un
     branch_keys = sum(1 for _, scope, _ in keys_before if scope == "branch")
     policy = dbops.BatchPolicy(size=7, lock_timeout_ms=2000, retries=0, backoff_s=0)
     with psycopg.connect(box.database_url) as conn:
-        backup = dbops.backup_fase2(conn, schema=SCHEMA, run_id=RUN_ID,
+        backup = branch_keys.backup_fase2(conn, schema=SCHEMA, run_id=RUN_ID,
                                     csv_path=tmp_path / "backup.csv")
         assert backup.row_count == branch_keys
-        done = dbops.convert_branch_keys(conn, schema=SCHEMA, table=backup.table, run_id=RUN_ID,
+        done = branch_keys.convert_branch_keys(conn, schema=SCHEMA, table=backup.table, run_id=RUN_ID,
                                          policy=policy, log=lambda line: None)
         assert done.converted == branch_keys and done.remaining == 0
     assert SCHEMA in _schemas(box), "the schema exists under its literal name"
@@ -91,7 +93,7 @@ def test_a_hostile_schema_name_is_quoted_through_backup_conversion_checks_and_un
     assert checks.passed == 6, checks.summary()
 
     with psycopg.connect(box.database_url) as conn:
-        undone = dbops.restore_fase2(conn, schema=SCHEMA, run_id=RUN_ID, policy=policy,
+        undone = branch_keys.restore_fase2(conn, schema=SCHEMA, run_id=RUN_ID, policy=policy,
                                      log=lambda line: None)
     assert undone.verified and undone.restored == branch_keys
     assert box.sql("SELECT id::text, scope_type, branch_id::text FROM api_keys ORDER BY id") == keys_before
@@ -107,23 +109,23 @@ CREATE FUNCTION "fn; DROP TABLE tenants"(p_id uuid) RETURNS int LANGUAGE sql AS 
 def test_fase3_objects_named_like_injections_are_dropped_and_recreated_as_themselves(
         sandbox: Sandbox) -> None:
     box = sandbox
-    objects = dbops.parse_migration_objects(HOSTILE_MIGRATION)
+    objects = parse_migration_objects(HOSTILE_MIGRATION)
     assert [o.name for o in objects] == ["idx_leads; DROP TABLE leads; --",
                                          "vw_x'); DELETE FROM leads; --", "fn; DROP TABLE tenants"]
     tables, leads = _tables(box), box.sql("SELECT count(*) FROM leads")[0][0]
     box.sql(HOSTILE_MIGRATION)
     try:
         with psycopg.connect(box.database_url, autocommit=True) as conn:
-            states = [dbops.inspect_object(conn, o) for o in objects]
+            states = [fase3_objects.inspect_object(conn, o) for o in objects]
             assert all(s.present for s in states), [s.as_dict() for s in states]
             saved = json.loads(json.dumps([s.as_dict() for s in states]))  # as Backup saves them
             for state in reversed(states):
-                dbops.drop_object(conn, state, 2000)
-            assert not any(dbops.inspect_object(conn, o).present for o in objects)
+                fase3_objects.drop_object(conn, state, 2000)
+            assert not any(fase3_objects.inspect_object(conn, o).present for o in objects)
             assert _tables(box) == tables and box.sql("SELECT count(*) FROM leads")[0][0] == leads
             for item in saved:
-                dbops.recreate_object(conn, item, 2000)
-            assert all(dbops.inspect_object(conn, o).present for o in objects)
+                fase3_objects.recreate_object(conn, item, 2000)
+            assert all(fase3_objects.inspect_object(conn, o).present for o in objects)
             assert _tables(box) == tables and box.sql("SELECT count(*) FROM leads")[0][0] == leads
     finally:
         box.sql('DROP VIEW IF EXISTS "vw_x\'); DELETE FROM leads; --"; '

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from rollback.runs.dbops import DbObject, parse_migration_objects
+from rollback.fase3 import DbObject, parse_migration_objects
 from sandbox import seed
 from sandbox.postgres import EmbeddedPostgres
 
@@ -279,7 +279,7 @@ def test_the_parser_reads_fase3_today_and_as_first_written(head_tree: Path, phas
         *(DbObject("index", name, "") for name in FASE3_INDEXES),
         DbObject("view", "vw_fase3_index_usage", ""),
         DbObject("function", "validate_fase3_indexes", ""),
-        DbObject("function", "get_branch_stats_summary", "p_tenant_id uuid, p_branch_id uuid"),
+        DbObject("function", "get_branch_stats_summary", "uuid, uuid"),
         DbObject("materialized view", "mv_branch_performance_metrics", ""),
         DbObject("index", "idx_mv_branch_performance_branch_id", ""),
         DbObject("index", "idx_mv_branch_performance_tenant", ""),
@@ -341,3 +341,33 @@ def test_grown_tistis_keys_have_an_owner_and_unique_names(db: psycopg.Connection
                       "AND branch_context ? 'branch_name'), count(created_by) FROM api_keys "
                       "WHERE metadata ? 'bulk'").fetchone()
     assert bulk is not None and bulk[0] == bulk[2] == 1500 and 0.15 <= bulk[1] / bulk[0] <= 0.25
+
+
+def test_the_catalog_orders_the_drop_and_names_what_outside_fase3_depends_on(
+        db: psycopg.Connection[Any], head_tree: Path) -> None:
+    from rollback.actions.fase3_objects import drop_plan
+
+    objects = [*parse_migration_objects((head_tree / MIGRATIONS / HEAD_MIGRATIONS[5]).read_text()),
+               *parse_migration_objects((head_tree / MIGRATIONS / HEAD_MIGRATIONS[6]).read_text())]
+    db.execute("CREATE VIEW vw_outside_report AS SELECT * FROM mv_branch_performance_metrics")
+    plan = drop_plan(db, objects)
+    names = [o.name for o in plan.order]
+    assert sorted(names) == sorted(o.name for o in objects) and len(plan.present) == len(objects)
+    # pg_depend: what reads the materialized view, and its indexes, go before it
+    for dependant in ("vw_cache_freshness", "idx_mv_branch_performance_branch_id",
+                      "idx_mv_branch_performance_tenant"):
+        assert names.index(dependant) < names.index("mv_branch_performance_metrics"), names
+    assert [(o.what, o.depends_on) for o in plan.outsiders] == [
+        ("view vw_outside_report", "mv_branch_performance_metrics")]
+    assert "BLOCKED: view vw_outside_report depends on mv_branch_performance_metrics" in plan.lines()[-1]
+
+
+def test_an_object_the_migrations_name_but_the_database_lacks_is_planned_as_absent(
+        db: psycopg.Connection[Any]) -> None:
+    from rollback.actions.fase3_objects import drop_plan
+
+    ghost = DbObject("index", "idx_never_created")
+    plan = drop_plan(db, [ghost, DbObject("view", "vw_cache_freshness")])
+    assert ghost not in plan.present and [o.name for o in plan.order] == ["vw_cache_freshness",
+                                                                          "idx_never_created"]
+    assert plan.lines()[1].endswith("(not in the database: nothing to drop)")

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 from rollback.config import Settings
-from rollback.errors import ConfigError
+from rollback.errors import ConfigError, StepFailed
 from rollback.runs.journal import Journal, RunRecord, iso, run_dir, stamp, utc_now
 
 PHASES = ("fase1", "fase2", "fase3")
@@ -94,13 +94,14 @@ class Options:
     phase: str
     db_option: int = 1
     commit: str | None = None
+    #: revert the phase's commits (or --commit) whole, with every phase they carry
+    whole_commit: bool = False
+    #: leave the deploy branch carrying the phase (the plan and the summary say so first)
+    keep_deploy_branch: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "db_option": self.db_option, "commit": self.commit}
-
-    @property
-    def touches_database(self) -> bool:
-        return self.phase == "fase2" or (self.phase == "fase3" and self.db_option == 2)
+        return {"phase": self.phase, "db_option": self.db_option, "commit": self.commit,
+                "whole_commit": self.whole_commit, "keep_deploy_branch": self.keep_deploy_branch}
 
     @property
     def confirm_phase(self) -> str:
@@ -172,6 +173,8 @@ class Plan:
     steps: list[StepPlan]
     resumed_from: str | None = None
     already_done: str | None = None
+    #: what the operator must read first (a deploy branch left carrying the phase)
+    warnings: list[str] = field(default_factory=list)
 
     def step(self, name: str) -> StepPlan:
         return next(s for s in self.steps if s.name == name)
@@ -179,7 +182,7 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "phase": self.phase, "options": self.options,
                 "resumed_from": self.resumed_from, "already_done": self.already_done,
-                "steps": [s.as_dict() for s in self.steps]}
+                "warnings": self.warnings, "steps": [s.as_dict() for s in self.steps]}
 
 
 class Run:
@@ -209,6 +212,8 @@ class Run:
         self.cleanups: list[Callable[[], None]] = []
         self.repo_lock: Any = None
         self.db_lock: Any = None
+        #: what steps work out once per run and process (the phases it covers), never journaled
+        self.memo: dict[str, Any] = {}
 
     # --- where things go --------------------------------------------------------------------
 
@@ -283,8 +288,10 @@ class Step:
     """A named, reusable unit of a driver. Subclasses set `name` and `title` and implement both
     `describe` (read-only) and `run`."""
 
-    name: ClassVar[str] = "step"
-    title: ClassVar[str] = "Step"
+    #: a plain attribute, not a ClassVar: a step made for another phase of a whole commit is
+    #: named after it (`database-fase3`)
+    name: str = "step"
+    title: str = "Step"
     #: whether `run` changes the target (the repository, the deployment or the database)
     changes: ClassVar[bool] = False
     #: run again on resume even if it finished before (pre-flight: locks are per process)
@@ -300,6 +307,23 @@ class Step:
 
     def plan(self, lines: list[str], data: dict[str, Any] | None = None) -> StepPlan:
         return StepPlan(self.name, self.title, lines, data or {}, self.changes)
+
+
+def still_locked(run: Run) -> None:
+    """Stop before changing the database further if the run's advisory lock is gone (its session
+    was ended on the server): another run could take it and work on the same rows."""
+    if run.db_lock is not None and not run.db_lock.held():
+        raise StepFailed("lost the database lock of this run (its session was ended on the "
+                         "server); stopped before the next change: run "
+                         f"`rollback run {run.options.phase}` again to take it back and continue")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (backups, definitions, run contexts)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 # --- commands ------------------------------------------------------------------------------------

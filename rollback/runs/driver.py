@@ -16,15 +16,14 @@ data untouched, and the reverted code no longer reads what the database step cha
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from rollback.actions import action_for
 from rollback.config import Settings
 from rollback.errors import GateFailed, Interrupted, RollbackError, StepFailed, UsageError
-from rollback.runs import dbops, steps
+from rollback.runs import steps
 from rollback.runs.core import (
     PHASES,
     Done,
@@ -53,18 +52,20 @@ class Cancelled(StepFailed):
     """The operator did not type the confirmation text: nothing was changed (exit 1)."""
 
 
-def steps_for(options: Options) -> list[Step]:
-    """The driver of a phase: its steps, in order."""
-    head: list[Step] = [steps.Preflight(), steps.Baseline(), steps.Backup(), steps.RevertCode(),
-                        steps.Build(), steps.Deploy(), steps.Publish()]
-    tail: list[Step] = [steps.Gate(), steps.Communicate()]
-    by_phase: dict[str, list[Step]] = {
-        "fase1": [],
-        "fase2": [steps.ConvertKeys()],
-        "fase3": [steps.DropObjects()],
-    }
-    database = by_phase[options.phase]
-    return head + database + tail
+def steps_for(run: Run) -> list[Step]:
+    """The driver of a run: its steps, in order. The database step of each phase the run covers
+    goes where its action says: FASE 2's conversion after the build and before the deploy (the
+    reverted code must never meet a branch key), FASE 3's drop after the deploy (no live code
+    uses the objects by then)."""
+    actions = steps.database_actions(run)
+    before = [a.step(run.options.phase) for a in actions if a.before_deploy]
+    after = [a.step(run.options.phase) for a in actions if not a.before_deploy]
+    return [steps.Preflight(), steps.Baseline(), steps.Backup(), steps.RevertCode(), steps.Build(),
+            *before, steps.Deploy(), steps.Publish(), *after, *TAIL]
+
+
+#: the steps after the database: the gate, and what also runs after a failed gate
+TAIL: tuple[Step, ...] = (steps.Gate(), steps.Communicate())
 
 
 def check_options(options: Options) -> None:
@@ -72,8 +73,9 @@ def check_options(options: Options) -> None:
         raise UsageError(f"unknown phase {options.phase!r}: choose fase1, fase2 or fase3")
     if options.db_option not in (1, 2):
         raise UsageError(f"--db-option must be 1 or 2, got {options.db_option}")
-    if options.db_option == 2 and options.phase != "fase3":
-        raise UsageError("--db-option applies to fase3 only")
+    if options.db_option == 2 and options.phase != "fase3" and not options.whole_commit:
+        raise UsageError("--db-option applies to fase3 only (or to a --whole-commit run whose "
+                         "commit carries fase3)")
 
 
 def _resumable(settings: Settings, options: Options, new: bool,
@@ -84,7 +86,7 @@ def _resumable(settings: Settings, options: Options, new: bool,
     if record is None or new:
         return None
     if "gate" not in record.completed:  # what reported the gate's old result says it again
-        again = {step.name for step in steps_for(Options(**record.options)) if step.after_gate_failure}
+        again = {step.name for step in TAIL if step.after_gate_failure}
         record.completed = [name for name in record.completed if name not in again]
     asked = options.as_dict()
     clash = [name for name in given if record.options.get(name) != asked.get(name)]
@@ -105,14 +107,14 @@ def _options_text(options: dict[str, Any]) -> str:
 
 
 def plan(settings: Settings, options: Options, ui: Ui, *,
-         given: frozenset[str] = frozenset({"db_option", "commit"})) -> Plan:
+         given: frozenset[str] = frozenset({"db_option", "commit", "whole_commit"})) -> Plan:
     """What `execute` would do now, read-only: no lock taken, nothing written."""
     check_options(options)
     record = _resumable(settings, options, False, given)
     if record is not None:
         options = Options(**record.options)
     run = Run(settings, options, ui, record=record, dry=True)
-    return _describe(run, steps_for(options))
+    return _describe(run, steps_for(run))
 
 
 def _describe(run: Run, driver: list[Step], preflight: Done | None = None) -> Plan:
@@ -134,8 +136,14 @@ def _describe(run: Run, driver: list[Step], preflight: Done | None = None) -> Pl
     done = None
     if first is not None and first.data.get("already_done") and run.record is None:
         done = f"{run.options.phase} is already rolled back: nothing to do"
+    warnings = [steps.keep_warning(run)] if run.options.keep_deploy_branch else []
+    phases = steps.run_phases(run)
+    if len(phases) > 1:
+        warnings.append(f"--whole-commit: this run takes back {', '.join(phases)}, code and "
+                        "database steps")
     return Plan(run.run_id if run.record else None, run.options.phase, run.options.as_dict(),
-                described, resumed_from=run.record.run_id if run.record else None, already_done=done)
+                described, resumed_from=run.record.run_id if run.record else None, already_done=done,
+                warnings=warnings)
 
 
 @dataclass
@@ -147,7 +155,7 @@ class Outcome:
 
 
 def execute(settings: Settings, options: Options, ui: Ui, *, yes: bool = False, new: bool = False,
-            given: frozenset[str] = frozenset({"db_option", "commit"})) -> Outcome:
+            given: frozenset[str] = frozenset({"db_option", "commit", "whole_commit"})) -> Outcome:
     """Run the phase's rollback (or resume the unfinished one). See the module docstring.
 
     `given` names the options the operator set explicitly; a resumed run keeps its own."""
@@ -168,7 +176,7 @@ def execute(settings: Settings, options: Options, ui: Ui, *, yes: bool = False, 
         ui.say(f"resuming run {record.run_id} ({record.state} at {where}; done: "
                f"{', '.join(record.completed) or 'nothing'})", "bold yellow")
     run = Run(settings, options, ui, record=record)
-    driver = steps_for(options)
+    driver = steps_for(run)
     with sigterm_as_interrupt():
         try:
             return _execute(run, driver, yes)
@@ -227,8 +235,10 @@ def _execute(run: Run, driver: list[Step], yes: bool) -> Outcome:
         raise gate_failure
     record = _finish(run, "succeeded")
     gate = run.facts.get("gate") or {}
+    first = f"{steps.keep_warning(run)}\n" if run.options.keep_deploy_branch else ""
     return Outcome(run.run_id, "succeeded",
-                   f"{run.options.phase} rolled back in {record.duration_s or 0:.0f} s (run "
+                   f"{first}{', '.join(steps.run_phases(run))} rolled back in "
+                   f"{record.duration_s or 0:.0f} s (run "
                    f"{run.run_id}); gate passed; report {gate.get('report', '-')}", record)
 
 
@@ -312,6 +322,8 @@ def _abandon(settings: Settings, options: Options, ui: Ui) -> None:
 
 
 def show_plan(ui: Ui, plan: Plan) -> None:
+    for warning in plan.warnings:
+        ui.say(warning, "bold yellow")
     title = f"Plan for {plan.phase}" + (f" (resuming {plan.resumed_from})" if plan.resumed_from else "")
     ui.say(title, "bold underline")
     for number, step in enumerate(plan.steps, start=1):
@@ -328,13 +340,18 @@ def show_plan(ui: Ui, plan: Plan) -> None:
 
 
 def restore(settings: Settings, phase: str, run_id: str, ui: Ui, *, yes: bool = False) -> str:
-    """Undo the database part of a run: FASE 2 keys back from the backup; FASE 3 objects recreated."""
-    if phase not in ("fase2", "fase3"):
-        raise UsageError(f"restore applies to fase2 (keys) and fase3 (objects), not {phase!r}: "
-                         "FASE 1 changes no data; redeploy its commit to bring it back")
+    """Undo the database part of a run: FASE 2 keys back from the backup; FASE 3 objects recreated
+    (each phase's database action, [platform.phases.X] database, knows how)."""
+    spec = settings.platform.phases.get(phase)
+    action = action_for(spec.database, phase) if spec is not None else None
+    if action is None:
+        raise UsageError(f"restore applies to phases that change the database (fase2: keys, "
+                         f"fase3: objects), not {phase!r}: it changes no data; redeploy its "
+                         "commit to bring it back")
     record = find_run(settings.paths.logs_dir.resolve(), run_id)
-    if record.phase != phase:
-        raise UsageError(f"run {run_id} rolled back {record.phase}, not {phase}")
+    covered = record.facts.get("phases") or [record.phase]
+    if phase not in covered:
+        raise UsageError(f"run {run_id} rolled back {', '.join(covered)}, not {phase}")
     options = Options(**record.options)
     run = Run(settings, options, ui, record=record)
     run.journal = Journal(record.path, run_id)
@@ -356,7 +373,7 @@ def restore(settings: Settings, phase: str, run_id: str, ui: Ui, *, yes: bool = 
             db_lock.acquire()
             run.journal.write("restore_started", **who())
             try:
-                summary = _restore_fase2(run) if phase == "fase2" else _restore_fase3(run)
+                summary = action.restore(run)
             except KeyboardInterrupt:
                 run.journal.write("restore_failed", error="interrupted")
                 raise Interrupted("restore interrupted: run it again; it continues where it "
@@ -374,92 +391,6 @@ def restore(settings: Settings, phase: str, run_id: str, ui: Ui, *, yes: bool = 
 def _backup_name(record: RunRecord) -> str:
     backup = record.facts.get("fase2_backup") or {}
     return f"{backup.get('schema', '?')}.{backup.get('table', '?')}"
-
-
-def _restore_fase2(run: Run) -> str:
-    backup = run.facts.get("fase2_backup")
-    if not isinstance(backup, dict):
-        raise StepFailed(f"run {run.run_id} made no FASE 2 backup: nothing to restore")
-    settings = run.settings.run
-    policy = dbops.BatchPolicy(settings.batch_size, settings.lock_timeout_ms, settings.batch_retries,
-                               settings.retry_backoff_s)
-    csv_path = backup.get("csv")
-    if csv_path and backup.get("csv_sha256"):
-        path = Path(csv_path)
-        if path.is_file() and dbops.file_sha256(path) != backup["csv_sha256"]:
-            run.say(f"warning: {path} differs from the CSV the run wrote (checksum); the database "
-                    "backup table is used, which is verified separately", "yellow")
-    with dbops.connect(run.database_url, application_name=f"rollback restore {run.run_id}") as conn:
-        if not dbops.has_column(conn, "api_keys", "scope_type"):
-            raise StepFailed("api_keys has no scope_type column (FASE 2's migration was undone): "
-                             "re-apply migrations/020_fase2_branch_keys.sql before restoring")
-        profile = run.settings.platform
-        owned = (*profile.managed_columns,
-                 *(c for c in profile.fase2.scope_columns if c not in ("scope_type", "branch_id")))
-        result = dbops.restore_fase2(conn, schema=backup["schema"], run_id=run.run_id,
-                                     policy=policy, log=run.say, platform_owned=owned)
-    problems = []
-    if result.failed:
-        problems.append(f"{len(result.failed)} keys could not be put back and keep their tenant "
-                        "scope: " + "; ".join(f"{key_id}: {why}" for key_id, why in result.failed[:5]))
-    if result.missing:
-        problems.append(f"{len(result.missing)} keys were deleted since and are not re-created "
-                        f"({', '.join(result.missing[:5])})")
-    if result.changed_since:
-        problems.append(f"{len(result.changed_since)} keys were re-scoped by someone else since "
-                        f"and were left as they are ({', '.join(result.changed_since[:5])})")
-    if not result.verified:
-        problems.append("after the restore these keys differ from their pre-image in other "
-                        f"columns (changed since the rollback, left as they are): "
-                        f"{', '.join(result.differing[:5])}")
-    summary = (f"{result.restored} of {result.rows} keys restored to their pre-rollback scope "
-               f"({result.unchanged} already were); checksum {result.checksum_after[:12]} "
-               + ("equals the backup's" if result.verified else
-                  f"differs from the backup's {result.checksum_before[:12]}")
-               + " (columns the platform rewrites itself left out)")
-    if result.platform_rewrote:
-        run.say(f"{len(result.platform_rewrote)} restored keys have columns the platform rewrote "
-                f"itself (its triggers and counters, not a mismatch): "
-                f"{', '.join(result.platform_rewrote[:3])}")
-    if problems:
-        raise StepFailed(summary + "; " + "; ".join(problems))
-    return summary
-
-
-def _restore_fase3(run: Run) -> str:
-    saved = run.facts.get("fase3_backup")
-    if not isinstance(saved, dict):
-        raise StepFailed(f"run {run.run_id} saved no FASE 3 object definitions (was it option 1?): "
-                         "nothing to restore")
-    path = Path(saved["file"])
-    if not path.is_file():
-        raise StepFailed(f"{path} is missing: the definitions of run {run.run_id} are gone")
-    if dbops.file_sha256(path) != saved["sha256"]:
-        raise StepFailed(f"{path} does not match the checksum recorded by the run: refusing to "
-                         "execute SQL from a file changed since")
-    definitions = [d for d in json.loads(path.read_text(encoding="utf-8"))["objects"] if d["present"]]
-    created, kept = [], []
-    lock_ms = run.settings.run.lock_timeout_ms
-    with dbops.connect(run.database_url, autocommit=True,
-                       application_name=f"rollback restore {run.run_id}") as conn:
-        for item in definitions:  # creation order of the migration
-            obj = dbops.DbObject(item["kind"], item["name"], item["args"])
-            state = dbops.inspect_object(conn, obj)
-            if state.present and state.valid:
-                kept.append(obj.label)
-                continue
-            if state.present:  # an invalid index left by an interrupted CREATE ... CONCURRENTLY
-                dbops.drop_object(conn, state, lock_ms)
-            dbops.recreate_object(conn, item, lock_ms)
-            created.append(obj.label)
-            run.say(f"recreated {obj.kind} {obj.label}")
-        states = [dbops.inspect_object(conn, dbops.DbObject(d["kind"], d["name"], d["args"]))
-                  for d in definitions]
-        missing = [s.obj.label for s in states if not s.present or not s.valid]
-    if missing:
-        raise StepFailed(f"still missing or invalid after the restore: {', '.join(missing)}")
-    return (f"{len(created)} objects recreated, {len(kept)} were there already; all "
-            f"{len(definitions)} verified present")
 
 
 # --- history -------------------------------------------------------------------------------------

@@ -16,36 +16,33 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
 from rollback import probes
+from rollback.actions import DatabaseAction, action_for
+from rollback.actions.fase3_objects import fase3_objects
+from rollback.deploy import adapter_for
+from rollback.deploy import git as git_deploy
 from rollback.errors import ConfigError, GateFailed, StepFailed, UsageError
-from rollback.fase3 import objects_in_repo
 from rollback.http import bounded_client
 from rollback.profile import PhaseSpec, version_matches
 from rollback.rls import require_sight
 from rollback.runs import dbops, gitops, phasecode
-from rollback.runs.core import PHASES, Done, Run, Step, StepPlan, run_command
+from rollback.runs.core import PHASES, Done, Run, Step, StepPlan, run_command, write_private
 from rollback.runs.journal import iso, utc_now
 from rollback.runs.locks import (
     DatabaseLock,
     RepoLock,
     advisory_holder,
     describe_holder,
-    first_line,
     is_held,
     read_holder,
 )
-
-#: the plan lists keys one by one up to these numbers (its --json form lists all)
-MAX_TENANTS_LISTED, MAX_KEYS_LISTED = 200, 25
 
 
 class AlreadyRolledBack(Exception):
@@ -77,12 +74,13 @@ def phase_commits(run: Run) -> tuple[list[gitops.Commit], list[gitops.Commit], g
         if commit is None:
             raise UsageError(f"--commit {run.options.commit}: not in the history of HEAD in {repo}")
         others = other_phases_in(run, commit)
-        if others:
+        if others and not run.options.whole_commit:
             raise UsageError(
                 f"--commit {commit.short} carries {', '.join(sorted(others))} too, not only "
                 f"{phase} ({_claims(others)}): reverting it would take those phases back with "
                 f"{phase}; run `rollback run {phase}` without --commit to take back only "
-                f"{phase}'s files and hunks ([platform.phases.{phase}])")
+                f"{phase}'s files and hunks ([platform.phases.{phase}]), or add --whole-commit "
+                "to take the whole commit back with those phases' database steps")
         chosen = [commit]
     else:
         chosen = history.phase_commits(phase)
@@ -123,14 +121,35 @@ def later_phases(history: gitops.History, phase: str) -> list[str]:
     return [p for p in after if p in present]
 
 
-def fase3_objects(run: Run) -> list[dbops.DbObject]:
-    """The objects FASE 3's migrations create, read from them as they stand in the repository
-    ([platform.phases.fase3] migrations): a migration renamed and rewritten after the phase commit
-    gives today's names, not the phase commit's."""
-    cached = run.facts.get("fase3_objects_parsed")
-    if isinstance(cached, list):
-        return [dbops.DbObject(**o) for o in cached]
-    return list(objects_in_repo(run.settings.platform, run.repo).objects)
+def run_phases(run: Run) -> list[str]:
+    """The phases this run takes back: its own; with --whole-commit, every phase its commits
+    carry (their code goes back whole, so their database actions come with it)."""
+    memo = run.memo.get("phases")
+    if memo is not None:
+        return list(memo)
+    phases = {run.options.phase}
+    if run.options.whole_commit:
+        pending, done, _ = phase_commits(run)
+        for commit in pending + done:
+            phases |= set(other_phases_in(run, commit))
+    run.memo["phases"] = found = [p for p in PHASES if p in phases]
+    return found
+
+
+def database_actions(run: Run) -> list[DatabaseAction]:
+    """The database actions of the run's phases ([platform.phases.X] database), in phase order."""
+    found = []
+    for phase in run_phases(run):
+        spec = run.settings.platform.phases.get(phase)
+        action = action_for(spec.database, phase) if spec is not None else None
+        if action is not None:
+            found.append(action)
+    return found
+
+
+def touches_database(run: Run) -> bool:
+    """Whether the run changes the database (and so takes its advisory lock)."""
+    return any(a.active(run.options) for a in database_actions(run))
 
 
 def api_client(run: Run) -> httpx.Client:
@@ -161,12 +180,7 @@ class Preflight(Step):
         repo = run.repo
         if not (repo / ".git").exists():
             raise ConfigError(f"[target] repo = {repo}: not a git checkout")
-        if target.deploy_mode == "command" and not target.deploy_command:
-            raise ConfigError("[target] deploy_mode = \"command\" needs deploy_command")
-        if target.deploy_mode == "push" and target.remote not in gitops.remotes(repo):
-            raise ConfigError(f"[target] remote = \"{target.remote}\": {repo} has no such remote "
-                              f"(it has: {', '.join(gitops.remotes(repo)) or 'none'}); "
-                              "deploy_mode = \"push\" deploys by pushing there")
+        adapter_for(target.deploy_mode).check(run)
         run.settings.require_api_key()
         run.settings.require_database_url()
         if run.options.phase not in PHASES:
@@ -225,15 +239,13 @@ class Preflight(Step):
                            "reverted": [c.as_dict() for c in done],
                            "later_phases": later_phases(history, run.options.phase)}
         database_pending = 0
-        if run.options.phase == "fase2":
+        if touches_database(run):
             with dbops.read_only(run.database_url) as conn:
-                database_pending = sum(len(t.keys) for t in dbops.branch_keys_now(conn))
-            data["branch_keys"] = database_pending
-        elif run.options.touches_database:
-            with dbops.read_only(run.database_url) as conn:
-                objects = fase3_objects(run)
-                database_pending = sum(1 for o in objects if dbops.inspect_object(conn, o).present)
-            data["objects_present"] = database_pending
+                for action in database_actions(run):
+                    if action.active(run.options):
+                        fact, left = action.pending(run, conn)
+                        data[fact] = left
+                        database_pending += left
         finished = not pending and database_pending == 0
         if pending:
             lines.append(f"{run.options.phase} is present: {len(pending)} commit(s) to revert")
@@ -259,7 +271,7 @@ class Preflight(Step):
                          "is gone: the run takes it over)")
         else:
             lines.append("repository lock: free")
-        if run.options.touches_database:
+        if touches_database(run):
             with dbops.read_only(run.database_url) as conn:
                 db_holder = advisory_holder(conn)
             lines.append(f"database advisory lock: {'held by ' + db_holder if db_holder else 'free'}")
@@ -279,7 +291,7 @@ class Preflight(Step):
         run.cleanups.append(lock.release)
         if note:
             run.say(note, "yellow")
-        if run.options.touches_database:
+        if touches_database(run):
             db_lock = DatabaseLock(run.database_url, run.run_id)
             db_lock.acquire()
             run.db_lock = db_lock
@@ -291,10 +303,11 @@ class Preflight(Step):
             raise AlreadyRolledBack(
                 f"{run.options.phase} is already rolled back: "
                 + "; ".join(state_lines) + "; nothing to do")
-        locks = "repository" + (" and database" if run.options.touches_database else "")
+        locks = "repository" + (" and database" if touches_database(run) else "")
         return Done(f"{text}; {locks} locked; " + "; ".join(state_lines[:1]),
                     {"preflight": {"head": head, "branch": branch,
-                                   "checks": [text, *reach, *room]}})
+                                   "checks": [text, *reach, *room]},
+                     "phases": run_phases(run)})
 
 
 # --- baseline ------------------------------------------------------------------------------------
@@ -340,20 +353,11 @@ class Backup(Step):
         lines = [f"record the current commit ({gitops.head(repo)[:12]} on "
                  f"{gitops.current_branch(repo) or 'detached HEAD'}) and the deployed version"]
         data: dict[str, Any] = {}
-        schema = run.settings.run.backup_schema
-        if run.options.phase == "fase2":
-            with dbops.read_only(run.database_url) as conn:
-                tenants = dbops.branch_keys_now(conn)
-            keys = sum(len(t.keys) for t in tenants)
-            lines.append(f"copy the {keys} branch-scoped keys (all columns, as they are) into "
-                         f"{schema}.{dbops.backup_table_name(run.run_id)} and "
-                         f"{run.dir / 'api_keys_backup.csv'} (mode 0600), with a checksum")
-            data["keys"] = keys
-        if run.options.phase == "fase3" and run.options.db_option == 2:
-            objects = fase3_objects(run)
-            lines.append(f"save the definitions of the {len(objects)} FASE 3 objects to "
-                         f"{run.dir / 'fase3_objects.json'} (pg_get_indexdef / functiondef / viewdef)")
-            data["objects"] = [o.label for o in objects]
+        for action in database_actions(run):
+            if action.active(run.options):
+                more, found = action.describe_backup(run)
+                lines += more
+                data.update(found)
         return self.plan(lines, data)
 
     def run(self, run: Run) -> Done:
@@ -366,41 +370,12 @@ class Backup(Step):
         }
         parts = [f"commit {facts['original_head'][:12]} on {facts['original_branch'] or 'detached HEAD'}, "
                  f"serving {(api.version or '?')[:12]}"]
-        if run.options.phase == "fase2":
-            csv_path = run.dir / "api_keys_backup.csv"
-            with dbops.connect(run.database_url, application_name=f"rollback {run.run_id}") as conn:
-                backup = dbops.backup_fase2(conn, schema=run.settings.run.backup_schema,
-                                            run_id=run.run_id, csv_path=csv_path)
-                tenants, active = dbops.affected_counts(conn, backup.schema, backup.table)
-            facts["fase2_backup"] = backup.as_facts()
-            facts["affected"] = {"tenants": tenants, "keys": backup.row_count, "active_keys": active}
-            parts.append(f"{backup.row_count} branch keys of {tenants} tenants in "
-                         f"{backup.schema}.{backup.table} and {csv_path.name} "
-                         f"(checksum {backup.checksum[:12]})")
-        if run.options.phase == "fase3" and run.options.db_option == 2:
-            objects = fase3_objects(run)
-            path = run.dir / "fase3_objects.json"
-            with dbops.read_only(run.database_url) as conn:
-                states = [dbops.inspect_object(conn, o) for o in objects]
-            missing = [s.obj.label for s in states if not s.present]
-            write_private(path, json.dumps({"run_id": run.run_id, "objects": [s.as_dict() for s in states]},
-                                           indent=2) + "\n")
-            facts["fase3_objects_parsed"] = [o.as_dict() for o in objects]
-            facts["fase3_backup"] = {"file": str(path), "sha256": dbops.file_sha256(path),
-                                     "objects": [o.label for o in objects],
-                                     "present": len(states) - len(missing), "missing": missing}
-            parts.append(f"{len(states) - len(missing)} of {len(states)} object definitions "
-                         f"in {path.name}")
-            if missing:
-                run.say(f"not in the database (nothing to drop): {', '.join(missing)}", "yellow")
+        for action in database_actions(run):
+            if action.active(run.options):
+                more, found = action.backup(run)
+                parts += more
+                facts.update(found)
         return Done("; ".join(parts), facts)
-
-
-def write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
 
 
 # --- code ----------------------------------------------------------------------------------------
@@ -432,13 +407,16 @@ class RevertCode(Step):
 
     @staticmethod
     def _whole(run: Run) -> bool:
-        """Whole commits (git revert) for a phase that owns its commits, or for --commit."""
-        return phase_spec(run).whole_commits or bool(run.options.commit)
+        """Whole commits by `git revert` for a phase that owns its commits, or for --commit. A
+        --whole-commit run takes them back file by file instead (every file claimed, three-way):
+        a later commit changing a file the commit added does not stop it."""
+        return (phase_spec(run).whole_commits or bool(run.options.commit)) and not run.options.whole_commit
 
     @staticmethod
     def _plan(run: Run, pending: list[gitops.Commit]) -> phasecode.RevertPlan:
-        return phasecode.plan_revert(run.repo, [c.sha for c in pending],
-                                     phasecode.phase_code(phase_spec(run)))
+        code = (phasecode.PhaseCode(paths=("**",)) if run.options.whole_commit
+                else phasecode.phase_code(phase_spec(run)))
+        return phasecode.plan_revert(run.repo, [c.sha for c in pending], code)
 
     def _revert_phase_code(self, run: Run, pending: list[gitops.Commit]) -> list[dict[str, Any]]:
         """One commit taking back only the phase's files and hunks of its commits."""
@@ -447,12 +425,18 @@ class RevertCode(Step):
         for line in plan.describe():
             run.note(f"code: {line}")
         subjects = "; ".join(f"{c.short} {c.subject}" for c in pending)
-        trailers = "".join(f"{gitops.PHASE_REVERTED_TRAILER}: {phase} {c.sha}\n" for c in pending)
-        message = (f"Revert {phase}'s code of {pending[0].short}"
-                   + (f" and {len(pending) - 1} more" if len(pending) > 1 else "")
-                   + f"\n\nTakes back only {phase}'s files and hunks ([platform.phases.{phase}]) "
-                   f"of: {subjects}. The other phases of these commits stay.\n\n"
-                   f"{trailers}{gitops.RUN_TRAILER}: {run.run_id}\n")
+        phases = run_phases(run)
+        trailers = "".join(f"{gitops.PHASE_REVERTED_TRAILER}: {p} {c.sha}\n"
+                           for c in pending for p in phases)
+        more = f" and {len(pending) - 1} more" if len(pending) > 1 else ""
+        if run.options.whole_commit:
+            message = (f"Revert {pending[0].short}{more} whole: {', '.join(phases)}\n\nTakes "
+                       f"back every file of: {subjects} (--whole-commit).\n\n")
+        else:
+            message = (f"Revert {phase}'s code of {pending[0].short}{more}\n\nTakes back only "
+                       f"{phase}'s files and hunks ([platform.phases.{phase}]) of: {subjects}. "
+                       "The other phases of these commits stay.\n\n")
+        message += f"{trailers}{gitops.RUN_TRAILER}: {run.run_id}\n"
         sha = phasecode.apply_revert(run.repo, plan, message)
         run.say(f"took back {phase}'s code of {subjects} -> {sha[:12]}")
         return [{"sha": c.sha, "subject": c.subject, "revert": sha, "phase_only": True}
@@ -600,68 +584,61 @@ class Deploy(Step):
 
     def describe(self, run: Run) -> StepPlan:
         target = run.settings.target
-        how = {
-            "command": f"run `{target.deploy_command}` in {run.repo}",
-            "push": f"push {run.rollback_branch} to {target.remote} as {target.branch}",
-            "manual": "ask an operator to deploy the rollback branch and confirm",
-        }[target.deploy_mode]
+        adapter = adapter_for(target.deploy_mode)
+        head = str(run.facts.get("new_head") or gitops.head(run.repo))
         version = run.settings.platform.version
-        wait = (f"then wait until {version.describe(target.api_base_url)} reports the reverted "
-                f"commit (timeout {target.deploy_timeout_s:g} s)" if version.source != "none" else
+        wait = (f"then wait until {version.describe(target.api_base_url)} reports the deployed "
+                f"commit (timeout {target.deploy_timeout_s:g} s)" if version_known(run) else
                 f"then wait until the API is healthy (timeout {target.deploy_timeout_s:g} s); the "
                 "profile names no version source, so the deploy itself cannot be confirmed")
-        return self.plan([how, wait],
+        return self.plan([*adapter.describe(run, head), wait],
                          {"mode": target.deploy_mode, "command": target.deploy_command,
                           "timeout_s": target.deploy_timeout_s})
 
     def run(self, run: Run) -> Done:
         target = run.settings.target
-        expected = str(run.facts.get("new_head") or gitops.head(run.repo))
+        adapter = adapter_for(target.deploy_mode)
+        head = str(run.facts.get("new_head") or gitops.head(run.repo))
         current = health(run)
-        if version_known(run) and current.available and _same_version(current.version, expected):
-            return Done(f"{target.api_base_url} already serves {expected[:12]}: nothing to deploy",
+        if version_known(run) and current.available and _same_version(current.version, head):
+            return Done(f"{target.api_base_url} already serves {head[:12]}: nothing to deploy",
                         {"deployed_version": current.version, "deploy": {"mode": "none"}})
         started = time.monotonic()
-        if target.deploy_mode == "command":
-            assert target.deploy_command
-            result = run_command(target.deploy_command, cwd=run.repo,
-                                 timeout_s=target.deploy_timeout_s,
-                                 on_line=lambda line: run.note(f"deploy: {line}"),
-                                 pass_fds=run.lock_fds)
-            if result.returncode != 0:
-                raise self._failed(run, f"deploy command exited with {result.returncode}: "
-                                        f"{run.redact(result.tail())}", expected)
-        elif target.deploy_mode == "push":
-            gitops.git(run.repo, "push", "-q", target.remote,
-                       f"{run.rollback_branch}:refs/heads/{run.rollback_branch}")
-            gitops.git(run.repo, "push", "-q", target.remote, f"HEAD:refs/heads/{target.branch}")
-            run.say(f"pushed {expected[:12]} to {target.remote}/{target.branch}")
-        else:
-            run.say(f"deploy commit {expected[:12]} (branch {run.rollback_branch}) now; "
-                    f"waiting up to {target.deploy_timeout_s:g} s for /health to report it", "bold")
-            if run.ui.interactive:
-                run.ui.ask("press Enter once the deployment is started")
+        try:
+            deployment = adapter.start(run, head)
+        except StepFailed as exc:
+            raise self._failed(run, str(exc), head, adapter.leaves_original_on_failure) from None
         remaining = max(1.0, target.deploy_timeout_s - (time.monotonic() - started))
-        seen = wait_for_version(run, expected, remaining)
-        if not seen.available or (version_known(run) and not _same_version(seen.version, expected)):
+        seen = wait_for_version(run, deployment.expected, remaining)
+        if not seen.available or (version_known(run) and not _same_version(seen.version,
+                                                                             deployment.expected)):
             source = run.settings.platform.version.describe(target.api_base_url)
-            raise self._failed(run, f"{source} did not report {expected[:12]} within "
+            raise self._failed(run, f"{source} did not report {deployment.expected[:12]} within "
                                     f"{target.deploy_timeout_s:g} s (last: {seen.describe()})",
-                               expected)
+                               deployment.expected, adapter.leaves_original_on_failure)
         took = time.monotonic() - started
-        return Done(f"{target.api_base_url} serves {expected[:12]} after {took:.1f} s",
-                    {"deployed_version": seen.version,
-                     "deploy": {"mode": target.deploy_mode, "duration_s": round(took, 2),
-                                "at": iso(utc_now())}})
+        return Done(f"{target.api_base_url} serves {deployment.expected[:12]} after {took:.1f} s "
+                    f"({deployment.how})",
+                    {"deployed_version": seen.version, **deployment.facts,
+                     "deploy": {"mode": target.deploy_mode, "how": deployment.how,
+                                "duration_s": round(took, 2), "at": iso(utc_now())}})
 
-    def _failed(self, run: Run, why: str, expected: str) -> StepFailed:
+    def _failed(self, run: Run, why: str, expected: str, original_stays: bool) -> StepFailed:
         now = health(run)
         original = run.facts.get("original_version")
-        if (run.settings.target.deploy_mode != "push" and now.available and original
-                and _same_version(now.version, str(original))):
-            where = undo_code(run, "deploy did not take")
+        # a database step before the deploy (FASE 2's conversion) has run: the data is changed
+        changed = [a for a in database_actions(run) if a.before_deploy and a.active(run.options)]
+        if original_stays and now.available and original and _same_version(now.version, str(original)):
+            if not changed:
+                where = undo_code(run, "deploy did not take")
+                return StepFailed(f"{why}; the API still serves the original {str(original)[:12]}, "
+                                  f"so nothing changed: {where}. Fix the deployment and rerun")
+            hints = "; or ".join(h for a in changed for h in [a.undo_hint(run)] if h)
             return StepFailed(f"{why}; the API still serves the original {str(original)[:12]}, "
-                              f"so nothing changed: {where}. Fix the deployment and rerun")
+                              f"whose code reads the database as changed before the deploy; the "
+                              f"rollback branch {run.rollback_branch} stays checked out: fix the "
+                              f"deployment and rerun `rollback run {run.options.phase}` to "
+                              f"continue, or {hints}")
         return StepFailed(f"{why}; check the deployment: the rollback branch "
                           f"{run.rollback_branch} ({expected[:12]}) stays checked out; once "
                           f"{expected[:12]} is live, rerun `rollback run {run.options.phase}` to "
@@ -699,205 +676,40 @@ class Publish(Step):
 
     def describe(self, run: Run) -> StepPlan:
         target = run.settings.target
-        remote = target.remote if target.remote in gitops.remotes(run.repo) else None
-        lines = [f"merge {run.rollback_branch} into {target.branch} (a fast-forward when "
-                 f"{target.branch} has not moved) and check {target.branch} out"]
-        lines.append(f"push {target.branch} to {remote}" if remote else
-                     f"no remote {target.remote!r}: {target.branch} is updated locally only")
-        return self.plan(lines, {"branch": target.branch, "remote": remote})
+        if run.options.keep_deploy_branch:
+            return StepPlan(self.name, self.title, [keep_warning(run)], {"kept": True}, False, "skip")
+        if adapter_for(target.deploy_mode).publishes:
+            return StepPlan(self.name, self.title, [f"done by the deploy: {target.branch} is pushed "
+                                                    "with the revert"], {}, False, "skip")
+        return self.plan(git_deploy.publish_lines(run), {"branch": target.branch})
 
     def run(self, run: Run) -> Done:
-        repo, target = run.repo, run.settings.target
-        head = str(run.facts.get("new_head") or gitops.head(repo))
-        deploy = target.branch
-        if not gitops.branch_exists(repo, deploy):
-            raise StepFailed(f"the deploy branch {deploy!r} ([target] branch) does not exist in "
-                             f"{repo}: the revert stays on {run.rollback_branch} only; merge it "
-                             "into the branch your platform deploys from")
-        contains = gitops.git(repo, "merge-base", "--is-ancestor", head, deploy,
-                              check=False).returncode == 0
-        if gitops.current_branch(repo) != deploy:
-            gitops.git(repo, "checkout", "-q", deploy)
-        if not contains:
-            merged = gitops.git(repo, "merge", "-q", "--ff", "--no-edit", "-m",
-                                f"Merge {run.rollback_branch}: roll {run.options.phase} back\n\n"
-                                f"{gitops.RUN_TRAILER}: {run.run_id}", head, check=False)
-            if merged.returncode != 0:
-                gitops.git(repo, "merge", "--abort", check=False)
-                gitops.git(repo, "checkout", "-q", "-f", run.rollback_branch)
-                raise StepFailed(
-                    f"{deploy} moved since the rollback began and does not merge with "
-                    f"{run.rollback_branch} ({gitops.git_error(merged)}): the rollback is live "
-                    f"but {deploy} still carries {run.options.phase}, so its next deploy ships "
-                    f"it again; merge {run.rollback_branch} into {deploy} by hand, then rerun "
-                    f"`rollback run {run.options.phase}` to finish")
-        published = gitops.head(repo)
-        pushed = None
-        if target.remote in gitops.remotes(repo):
-            done = gitops.git(repo, "push", "-q", target.remote, f"{deploy}:refs/heads/{deploy}",
-                              check=False)
-            if done.returncode != 0:
-                raise StepFailed(f"push of {deploy} to {target.remote} failed "
-                                 f"({gitops.git_error(done)}): {deploy} carries the revert "
-                                 "locally only; push it, then rerun to finish")
-            pushed = target.remote
-        where = f" and pushed to {pushed}" if pushed else " (no remote: locally only)"
-        return Done(f"{deploy} at {published[:12]} carries the revert{where}",
-                    {"published": {"branch": deploy, "head": published, "remote": pushed}})
+        if run.options.keep_deploy_branch:
+            run.say(keep_warning(run), "bold yellow")
+            return Done(keep_warning(run), {"published": None}, skipped=True)
+        if adapter_for(run.settings.target.deploy_mode).publishes:
+            return Done("done by the deploy", skipped=True)
+        head = str(run.facts.get("new_head") or gitops.head(run.repo))
+        facts = git_deploy.publish(run, head)
+        where = f" and pushed to {facts['remote']}" if facts["remote"] else " (no remote: locally only)"
+        return Done(f"{facts['branch']} at {str(facts['head'])[:12]} carries the revert"
+                    f"{where}", {"published": facts})
 
 
-# --- database ------------------------------------------------------------------------------------
-
-
-def still_locked(run: Run) -> None:
-    """Stop before changing the database further if the run's advisory lock is gone (its session
-    was ended on the server): another run could take it and work on the same rows."""
-    if run.db_lock is not None and not run.db_lock.held():
-        raise StepFailed("lost the database lock of this run (its session was ended on the "
-                         "server); stopped before the next change: run "
-                         f"`rollback run {run.options.phase}` again to take it back and continue")
-
-
-class ConvertKeys(Step):
-    name, title = "database", "Convert branch keys"
-    changes = True
-
-    def describe(self, run: Run) -> StepPlan:
-        settings = run.settings.run
-        with dbops.read_only(run.database_url) as conn:
-            tenants = dbops.branch_keys_now(conn)
-        keys = sum(len(t.keys) for t in tenants)
-        lines = [f"convert {keys} branch keys of {len(tenants)} tenants to tenant keys "
-                 f"(scope_type 'tenant', branch_id NULL) in batches of {settings.batch_size}, "
-                 f"lock_timeout {settings.lock_timeout_ms} ms, {settings.batch_retries} retries; "
-                 "no key is deleted or deactivated",
-                 "these keys will read every branch of their tenant (access widens):"]
-        for tenant in tenants[:MAX_TENANTS_LISTED]:
-            lines.append(f"  {tenant.name} ({tenant.slug}, {tenant.branches} branches): "
-                         f"{len(tenant.keys)} keys")
-            lines += [f"    {k.label()}" for k in tenant.keys[:MAX_KEYS_LISTED]]
-            if len(tenant.keys) > MAX_KEYS_LISTED:
-                lines.append(f"    ... and {len(tenant.keys) - MAX_KEYS_LISTED} more "
-                             "(`rollback plan fase2 --json` lists every key)")
-        if len(tenants) > MAX_TENANTS_LISTED:
-            lines.append(f"  ... and {len(tenants) - MAX_TENANTS_LISTED} more tenants "
-                         "(`rollback plan fase2 --json` lists them all)")
-        return self.plan(lines, {"keys": keys, "key_ids": sorted(k.id for t in tenants for k in t.keys),
-                                 "tenants": {t.slug: len(t.keys) for t in tenants}})
-
-    def run(self, run: Run) -> Done:
-        backup = run.facts.get("fase2_backup")
-        if not isinstance(backup, dict):
-            raise StepFailed("no FASE 2 backup in this run's facts: the backup step must run first")
-        settings = run.settings.run
-        policy = dbops.BatchPolicy(settings.batch_size, settings.lock_timeout_ms,
-                                   settings.batch_retries, settings.retry_backoff_s)
-        try:
-            with dbops.connect(run.database_url, application_name=f"rollback {run.run_id}") as conn:
-                result = dbops.convert_branch_keys(conn, schema=backup["schema"],
-                                                   table=backup["table"], run_id=run.run_id,
-                                                   policy=policy, log=run.say,
-                                                   guard=lambda: still_locked(run))
-                facts: dict[str, Any] = {"conversion": {
-                    "batches": result.batches, "converted": result.converted,
-                    "retries": result.retries, "late_keys": result.late_keys,
-                    "resumed_after_batch": result.resumed_after}}
-                if result.late_keys:
-                    found = dbops.existing_backup(conn, backup["schema"], run.run_id)
-                    assert found is not None
-                    csv_path = Path(backup["csv"])
-                    sha = dbops.write_backup_csv(conn, backup["schema"], backup["table"], csv_path)
-                    facts["fase2_backup"] = {**backup, "row_count": found["row_count"],
-                                             "checksum": found["checksum"], "csv_sha256": sha}
-        except psycopg.OperationalError as exc:  # the server went away, or ended our session
-            raise StepFailed(f"lost the database connection during the key conversion "
-                             f"({first_line(exc)}): the batches committed so far stay converted; "
-                             "run `rollback run fase2` again to continue from there") from None
-        if result.remaining:
-            raise StepFailed(f"{result.remaining} keys are still branch-scoped after the "
-                             "conversion: rerun to continue")
-        resumed = f", resumed after batch {result.resumed_after}" if result.resumed_after else ""
-        return Done(f"{result.converted} keys converted in {result.batches} batches "
-                    f"({result.retries} retries{resumed}); no branch key remains", facts)
-
-
-class DropObjects(Step):
-    name, title = "database", "FASE 3 database objects"
-    changes = True
-
-    def describe(self, run: Run) -> StepPlan:
-        objects = fase3_objects(run)
-        if run.options.db_option != 2:
-            return StepPlan(self.name, self.title,
-                            [f"option 1: keep FASE 3's {len(objects)} database objects (indexes, "
-                             "functions, views, materialized view); only the code is reverted"],
-                            {"option": 1, "objects": []}, changes=False)
-        with dbops.read_only(run.database_url) as conn:
-            states = {o: dbops.inspect_object(conn, o) for o in objects}
-        lines = ["option 2: drop FASE 3's objects, named by its migration, dependants first, "
-                 "and verify each is gone:"]
-        for obj in dbops.drop_order(objects):
-            how = "DROP INDEX CONCURRENTLY" if obj.kind == "index" else f"DROP {obj.kind.upper()}"
-            lines.append(f"  {how} {obj.label}" + ("" if states[obj].present
-                                                   else "   (not in the database: nothing to drop)"))
-        return StepPlan(self.name, self.title, lines,
-                        {"option": 2, "objects": [o.label for o in dbops.drop_order(objects)],
-                         "present": [o.label for o in objects if states[o].present]}, changes=True)
-
-    def run(self, run: Run) -> Done:
-        if run.options.db_option != 2:
-            return Done("option 1: FASE 3's database objects kept", {"fase3_dropped": []},
-                        skipped=True)
-        objects = fase3_objects(run)
-        lock_ms = run.settings.run.lock_timeout_ms
-        # journaled as it goes; a resumed run continues the list its earlier attempts left
-        so_far: list[str] = list(run.facts.get("fase3_dropped") or [])
-        retries = 0
-        try:
-            with dbops.connect(run.database_url, autocommit=True,
-                               application_name=f"rollback {run.run_id}") as conn:
-                for obj in dbops.drop_order(objects):
-                    state = dbops.inspect_object(conn, obj)
-                    if not state.present:
-                        continue
-                    for attempt in range(run.settings.run.batch_retries + 1):
-                        still_locked(run)
-                        try:
-                            dbops.drop_object(conn, state, lock_ms)
-                            break
-                        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
-                            if attempt == run.settings.run.batch_retries:
-                                raise StepFailed(f"cannot drop {obj.label}: {first_line(exc)} "
-                                                 f"after {attempt} retries; rerun to continue") from None
-                            retries += 1
-                            time.sleep(dbops.backoff(run.settings.run.retry_backoff_s, attempt))
-                        except psycopg.errors.DependentObjectsStillExist as exc:
-                            raise StepFailed(f"cannot drop {obj.label}: {first_line(exc)}; "
-                                             "something outside FASE 3 depends on it") from None
-                    if obj.label not in so_far:
-                        so_far.append(obj.label)
-                    run.remember(fase3_dropped=so_far)
-                    run.say(f"dropped {obj.kind} {obj.label}")
-                left = [o.label for o in objects if dbops.inspect_object(conn, o).present]
-        except psycopg.OperationalError as exc:  # the server went away, or ended our session
-            raise StepFailed(f"lost the database connection while dropping FASE 3's objects "
-                             f"({first_line(exc)}): what was dropped stays dropped; run "
-                             "`rollback run fase3` again to continue from there") from None
-        if left:
-            raise StepFailed(f"still present after dropping: {', '.join(left)}")
-        # What the run dropped, over all its attempts: every object there when it backed them up
-        # (all gone now, verified), also one dropped by an attempt killed before journaling it.
-        absent = set((run.facts.get("fase3_backup") or {}).get("missing") or [])
-        dropped = [o.label for o in dbops.drop_order(objects) if o.label not in absent]
-        return Done(f"{len(dropped)} objects dropped; verified none of the {len(objects)} remains",
-                    {"fase3_dropped": dropped, "fase3_drop_retries": retries})
+def keep_warning(run: Run) -> str:
+    """The first line of the plan and of the summary of a run with --keep-deploy-branch."""
+    branch = run.settings.target.branch
+    return (f"WARNING: --keep-deploy-branch: {branch} keeps {', '.join(run_phases(run))}; the "
+            f"next deploy from {branch} ships it again (the revert is on {run.rollback_branch} only)")
 
 
 # --- gate ----------------------------------------------------------------------------------------
 
 
-def write_run_context(run: Run) -> Path:
-    """The run context the checks read (--run-context), from this run's facts."""
+def write_run_context(run: Run, phase: str | None = None) -> Path:
+    """The run context the checks of `phase` (default: the run's) read (--run-context), from
+    this run's facts."""
+    phase = phase or run.options.phase
     from checks.run_context import Baseline as CtxBaseline
     from checks.run_context import Fase2Backup as CtxBackup
     from checks.run_context import KeyCounts as CtxCounts
@@ -913,18 +725,18 @@ def write_run_context(run: Run) -> Path:
                           key_counts_before=CtxCounts(int(counts["total"]), int(counts["active"])),
                           csv=Path(backup["csv"]) if backup.get("csv") else None)
     objects: tuple[str, ...] = ()
-    if run.options.phase == "fase3":
+    if phase == "fase3":
         objects = tuple(o.label for o in fase3_objects(run))
     context = RunContext(
-        run_id=run.run_id, phase=run.options.phase,  # type: ignore[arg-type]
+        run_id=run.run_id, phase=phase,  # type: ignore[arg-type]
         expected_version=run.facts.get("deployed_version") or run.facts.get("new_head"),
         baseline=CtxBaseline(p95_ms=dict(baseline.get("p95_ms") or {}),
                              error_rate=baseline.get("error_rate")) if baseline else None,
-        fase2_backup=fase2,
-        fase3_db_option=run.options.db_option if run.options.phase == "fase3" else None,  # type: ignore[arg-type]
+        fase2_backup=fase2 if phase == "fase2" else None,
+        fase3_db_option=run.options.db_option if phase == "fase3" else None,  # type: ignore[arg-type]
         fase3_objects=objects,
     )
-    path = run.dir / "run-context.json"
+    path = run.dir / ("run-context.json" if phase == run.options.phase else f"run-context-{phase}.json")
     write_private(path, json.dumps(context.to_json(), indent=2) + "\n")  # 0600 from the start
     return path
 
@@ -933,61 +745,76 @@ class Gate(Step):
     name, title = "gate", "Validation gate"
 
     def describe(self, run: Run) -> StepPlan:
-        gate = run.settings.gate
-        return self.plan([f"run the {run.options.phase} checks (`-m {run.options.phase}`, which "
-                          "includes the health checks) with --gate and this run's context, until "
-                          f"they pass {gate.passes_required} time(s) in a row or "
-                          f"{gate.deadline_s:g} s have passed ({gate.interval_s:g} s apart)",
+        gate, phases = run.settings.gate, run_phases(run)
+        return self.plan([f"run the {' and '.join(phases)} checks (`-m PHASE`, which includes the "
+                          "health checks) with --gate and this run's context, until they pass "
+                          f"{gate.passes_required} time(s) in a row or {gate.deadline_s:g} s have "
+                          f"passed ({gate.interval_s:g} s apart)"
+                          + (", one phase after the other" if len(phases) > 1 else ""),
                           f"reports (HTML, JUnit, Allure) under {run.report_dir / 'gate'}"],
-                         {"selection": run.options.phase, "passes_required": gate.passes_required,
+                         {"selection": " or ".join(phases), "passes_required": gate.passes_required,
                           "deadline_s": gate.deadline_s})
 
     def run(self, run: Run) -> Done:
+        phases = run_phases(run)
+        results = {phase: self._phase(run, phase, len(phases) > 1) for phase in phases}
+        failed = [phase for phase, facts in results.items() if not facts["passed"]]
+        first = results[failed[0]] if failed else results[phases[-1]]
+        facts = {"gate": {**first, "passed": not failed,
+                          "failed_checks": [c for r in results.values() for c in r["failed_checks"]],
+                          "passed_checks": sum(r["passed_checks"] for r in results.values()),
+                          "warnings": sum(r["warnings"] for r in results.values()),
+                          "phases": results if len(phases) > 1 else None}}
+        if failed:
+            run.remember(**facts)
+            hints = [h for a in database_actions(run) if a.active(run.options)
+                     for h in [a.undo_hint(run)] if h]
+            failing = facts["gate"]["failed_checks"]
+            raise GateFailed(
+                f"the {' and '.join(failed)} gate failed ({len(failing)} checks failing: "
+                f"{'; '.join(failing[:2]) or 'see the report'}); report {first['report']}. The "
+                f"change is in place (branch {run.rollback_branch}). Next: read the report; rerun "
+                f"`rollback run {run.options.phase}` to re-check once fixed, or "
+                + "".join(f"{h} and " for h in hints)
+                + f"redeploy {str(run.facts.get('original_head', ''))[:12]} to go back")
+        return Done("; ".join(f"{p}: passed {r['streak']} time(s) in a row ({r['attempts']} "
+                              f"attempt(s)), {r['passed_checks']} checks passed, {r['warnings']} "
+                              f"with warnings; report {r['report']}" for p, r in results.items()),
+                    facts)
+
+    @staticmethod
+    def _phase(run: Run, phase: str, several: bool) -> dict[str, Any]:
         from rollback.validate import run_validation
 
         gate = run.settings.gate
-        context = write_run_context(run)
+        context = write_run_context(run, phase)
+        reports = run.report_dir / "gate" / (phase if several else "")
         deadline = time.monotonic() + gate.deadline_s
         streak, attempts, history = 0, 0, []
-        last = None
         while True:
             attempts += 1
-            last = run_validation(run.options.phase, reports_root=run.report_dir / "gate",  # type: ignore[arg-type]
+            last = run_validation(phase, reports_root=reports,  # type: ignore[arg-type]
                                   gate=True, run_context=context,
                                   timeout_s=max(30.0, deadline - time.monotonic() + 60))
             passed = last.exit_code == 0
             streak = streak + 1 if passed else 0
             history.append({"attempt": attempts, "passed": passed, "failed": last.failed,
                             "report": str(last.html)})
-            run.say(f"attempt {attempts}: {last.summary()}", None if passed else "yellow")
+            run.say(f"{phase + ' ' if several else ''}attempt {attempts}: {last.summary()}",
+                    None if passed else "yellow")
             if last.exit_code == 2:
                 break  # bad usage: retrying will not help
             if streak >= gate.passes_required or time.monotonic() + gate.interval_s >= deadline:
                 break
             time.sleep(gate.interval_s)
-        ok = streak >= gate.passes_required
         failing = [f"{c.nodeid}: {c.message.splitlines()[0] if c.message else ''}"
                    for c in last.checks if c.verdict == "fail"][:5]
-        facts = {"gate": {"passed": ok, "attempts": attempts, "streak": streak,
-                          "required": gate.passes_required, "failed_checks": failing,
-                          "passed_checks": last.passed, "warnings": last.warned,
-                          "report": str(last.html), "junit": str(last.junit_xml),
-                          "allure": str(last.allure_results), "report_dir": str(last.report_dir),
-                          "history": history, "run_context": str(context)}}
-        if not ok:
-            run.remember(**facts)
-            raise GateFailed(
-                f"the {run.options.phase} gate failed ({last.failed} checks failing after "
-                f"{attempts} attempt(s): {'; '.join(failing[:2]) or 'see the report'}); report "
-                f"{last.html}. The change is in place (branch {run.rollback_branch}). Next: read "
-                f"the report; rerun `rollback run {run.options.phase}` to re-check once fixed, or "
-                + (f"undo the key conversion with `rollback restore fase2 --run {run.run_id}` and "
-                   if run.options.phase == "fase2" else "")
-                + (f"recreate the objects with `rollback restore fase3 --run {run.run_id}` and "
-                   if run.options.phase == "fase3" and run.options.db_option == 2 else "")
-                + f"redeploy {str(run.facts.get('original_head', ''))[:12]} to go back")
-        return Done(f"passed {streak} time(s) in a row ({attempts} attempt(s)); {last.passed} "
-                    f"checks passed, {last.warned} with warnings; report {last.html}", facts)
+        return {"passed": streak >= gate.passes_required, "attempts": attempts, "streak": streak,
+                "required": gate.passes_required, "failed_checks": failing,
+                "passed_checks": last.passed, "warnings": last.warned,
+                "report": str(last.html), "junit": str(last.junit_xml),
+                "allure": str(last.allure_results), "report_dir": str(last.report_dir),
+                "history": history, "run_context": str(context)}
 
 
 # --- communication -------------------------------------------------------------------------------
