@@ -17,6 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from rollback.config import Settings, load_settings
 from rollback.runs import driver
 from rollback.runs.core import Options, Ui
@@ -104,3 +107,35 @@ def rollback_phase(settings: Settings, phase: str, db_option: int, ui: PrefixUi)
         report=str(gate.get("report", "-")),
         communication=list((facts.get("communication") or {}).get("files", [])),
     )
+
+
+def shown(path: Path) -> str:
+    """A path as short as it can be said: relative to the current directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _communication(result: PhaseResult) -> str:
+    folder = shown(Path(result.communication[0]).parent) if result.communication else "-"
+    return f"{len(result.communication)} files in {folder}"
+
+
+def print_closing(console: Console, results: list[PhaseResult], total_s: float, shape: str) -> None:
+    """The closing summary: a table on a terminal; otherwise (a log, a pipe, CI) one line per
+    phase with every path whole, so that it can be copied (a table would fold the paths)."""
+    title = f"rollback demo: {len(results)} phases rolled back in {total_s:.0f} s ({shape} shape)"
+    if not console.is_terminal:
+        console.print(title, soft_wrap=True, markup=False, highlight=False)
+        for r in results:
+            console.print(f"  {r.phase}: {r.duration_s:.1f} s, gate {r.gate}; "
+                          f"report {shown(Path(r.report))}; communication: {_communication(r)}",
+                          soft_wrap=True, markup=False, highlight=False)
+        return
+    table = Table(title=title)
+    for column in ("phase", "duration", "gate", "report", "communication"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        table.add_row(r.phase, f"{r.duration_s:.1f} s", r.gate, shown(Path(r.report)), _communication(r))
+    console.print(table)

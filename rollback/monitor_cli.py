@@ -115,8 +115,9 @@ def _once(settings: Any, pushgateway: str | None, verbose: bool) -> None:
         err.print(f"error: {escape(result.usage_error)}", soft_wrap=True)
         sys.exit(result.exit_code)
     for check in result.checks:
-        if check.verdict == "fail":
-            out.print(f"[bold red]FAIL[/] {escape(check.nodeid)}: {escape(check.message)}", soft_wrap=True)
+        if check.verdict == "fail":  # whole, on one line: copied from a log as it is
+            reason = " ".join(check.message.split())
+            out.print(f"[bold red]FAIL[/] {escape(check.nodeid)}: {escape(reason)}", soft_wrap=True)
         for warning in check.warnings:
             out.print(f"[yellow]WARN[/] {escape(check.nodeid)}: {escape(warning)}", soft_wrap=True)
     if result.duration_s >= budget and not result.healthy:  # stopped by the budget
