@@ -71,8 +71,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="minutes of api_key_usage_logs the real-traffic checks read (default 15)")
     group.addoption("--expected-version", metavar="VERSION",
                     help="the version /health must report (default: the run context's, if any)")
+    # Given with a blank and no test path (`pytest --run-context /abs/ctx.json`), pytest takes the
+    # path for a test path before this option exists and roots itself there: hence the `=` form.
     group.addoption("--run-context", type=Path, metavar="PATH",
-                    help=f"JSON context of a rollback run (default: ${RUN_CONTEXT_ENV})")
+                    help=f"JSON context of a rollback run, as --run-context=PATH "
+                         f"(default: ${RUN_CONTEXT_ENV})")
     group.addoption("--gate", action="store_true", default=False,
                     help="a required check that skips fails (missing TEST_API_KEY, DATABASE_URL...)")
     group.addoption("--allow-writes", action="store_true", default=False,
