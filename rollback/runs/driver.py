@@ -1,16 +1,22 @@
-"""The drivers: each phase is a short list of named steps, planned and run by the same code.
+"""The drivers: each run is a short list of named steps, planned and run by the same code.
 
-    FASE 1  preflight, baseline, backup, code, build, deploy, gate, communicate
-    FASE 2  preflight, baseline, backup, code, build, deploy, database (convert keys), gate, communicate
-    FASE 3  preflight, baseline, backup, code, build, deploy, database (option 1 keep / 2 drop), gate,
-            communicate
+    FASE 1  preflight, baseline, backup, code, build, deploy, publish, gate, communicate
+    FASE 2  preflight, baseline, backup, code, build, database (convert keys), deploy, publish,
+            gate, communicate
+    FASE 3  preflight, baseline, backup, code, build, deploy, publish, database (option 1 keep /
+            2 drop), gate, communicate
+
+The database step of each phase the run covers (its own; with --whole-commit every phase of the
+commit, `database-faseN`) comes from the profile ([platform.phases.X] database, rollback/actions/)
+and goes where the action says: FASE 2's conversion before the deploy, so that code which no
+longer knows branch keys is never live while branch keys exist; FASE 3's drop after it, once no
+live code uses the objects. Either way after the build: a failed build leaves the data untouched.
 
 `plan()` asks every step to describe itself, read-only. `execute()` runs pre-flight (which
 takes the locks), shows the same plan, asks for the confirmation text, then runs the steps,
 journaling each one. A run that did not finish (interrupted, killed, failed at a step) is
 resumed by the next `execute()` of its phase, under the same run id, from its first step not
-done. Why the database step comes after the deploy: a failed build or deploy then leaves the
-data untouched, and the reverted code no longer reads what the database step changes.
+done.
 """
 
 from __future__ import annotations

@@ -1,16 +1,18 @@
-"""The steps the drivers are made of. Each one is usable and testable on its own:
+"""The generic steps the drivers are made of. Each one is usable and testable on its own:
 
     Preflight      configuration, repository clean, database and API reachable, locks, phase state
     Baseline       p95 latency per endpoint and error rate before the change
-    Backup         the current commit and deployed version; FASE 2: the pre-image of every key
-                   that will change; FASE 3 option 2: the definition of every object to drop
-    RevertCode     the phase's commits reverted, newest first, on `rollback/faseN-<stamp>`
+    Backup         the current commit and deployed version; what each database action will
+                   change (rollback/actions/: FASE 2's keys, FASE 3's object definitions)
+    RevertCode     the phase's commits (or only its files and hunks) reverted on `rollback/faseN-<stamp>`
     Build          the configured build; a failure takes the revert back and stops
-    Deploy         command, push or manual; then /health must report the new version
-    ConvertKeys    FASE 2: branch keys become tenant keys, in resumable batches
-    DropObjects    FASE 3: option 2 drops the migration's objects and verifies each is gone
-    Gate           the phase's checks with --gate until they pass N times in a row
+    Deploy         through the `[target] deploy_mode` adapter (rollback/deploy/); then the
+                   profile's version source must report the deployed commit
+    Publish        the deploy branch carries the revert (merged and pushed)
+    Gate           each covered phase's checks with --gate until they pass N times in a row
     Communicate    the guide's messages rendered with the run's facts; sent if URLs are set
+
+The database steps themselves live with their actions (rollback/actions/).
 """
 
 from __future__ import annotations
