@@ -359,6 +359,8 @@ def start_api(state: State) -> None:
 def _port_free(state: State) -> None:
     """The API's port must be free: a program not of this sandbox there is named, not killed."""
     with socket.socket() as sock:
+        # as uvicorn binds: connections of a server just stopped, in TIME_WAIT, hold no port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", state.api_port))
             return
