@@ -47,6 +47,8 @@ def customer_facing(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): p.read_text() for p in names}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("phase", ["fase1", "fase2"])
 def test_after_a_failed_gate_no_customer_message_says_it_works(
         fresh_sandbox: Sandbox, tmp_path: Path, phase: str) -> None:
@@ -125,6 +127,8 @@ def _answer_after(target: Target, args: list[str], answer: str, wait_s: float) -
     return code, output.decode(errors="replace"), time.monotonic() - started
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_the_wait_at_the_confirmation_prompt_is_not_in_the_run_s_duration(
         fresh_sandbox: Sandbox, tmp_path: Path) -> None:
     target = make_target(fresh_sandbox, tmp_path / "t")

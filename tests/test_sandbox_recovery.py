@@ -23,6 +23,9 @@ import pytest
 from sandbox import control
 from tests.conftest import ROOT
 
+#: each test builds and kills an embedded sandbox of its own: seconds, not milliseconds
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
 
 def sandbox_cli(*args: str, folder: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACK_", "PYTEST_"))}

@@ -90,6 +90,8 @@ def assert_one_line(result: subprocess.CompletedProcess[str], *words: str) -> st
 # --- a run whose logs folder fills up mid-run ------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_a_run_whose_logs_disk_fills_mid_run_stops_in_one_line_then_resumes_and_finishes(
         fresh_sandbox: Sandbox, tmp_path: Path, small_disk: Path) -> None:
     box = fresh_sandbox

@@ -50,6 +50,8 @@ def identity_of(target: Target) -> str:
     return load_settings(env=target.env()).identity.id
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_two_targets_from_one_directory_neither_resume_nor_block_each_other(
         two_targets: tuple[Target, Target]) -> None:
     a, b = two_targets
