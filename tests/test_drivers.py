@@ -605,3 +605,24 @@ def test_history_lists_nothing_before_the_first_run(sandbox: Sandbox, tmp_path: 
 def test_restore_of_an_unknown_run_is_bad_usage(sandbox: Sandbox, tmp_path: Path) -> None:
     result = make_target(sandbox, tmp_path).rollback("restore", "fase2", "--run", "nope", "--yes")
     assert result.returncode == 2 and "no run 'nope'" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_git_mode_pushes_the_deploy_branch_and_a_git_integrated_host_deploys_it(target: Target) -> None:
+    box = target.box
+    deploy = tomllib.loads(target.config.read_text())["target"]["deploy_command"]
+    # the origin deploys what is pushed to it, as a git-integrated Vercel project does
+    hook = box.dir / "origin.git" / "hooks" / "post-receive"
+    hook.write_text(f"#!/bin/sh\nunset GIT_DIR\n(cd '{box.repo}' && {deploy}) >/dev/null 2>&1 &\n")
+    hook.chmod(0o755)
+    pushed = make_target(box, target.config.parent, target={"deploy_mode": "git"})
+    planned = pushed.rollback("plan", "fase1")
+    assert "push main to origin" in planned.stdout and "done by the deploy" in planned.stdout
+    done = pushed.rollback("run", "fase1", "--yes")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    record = target.only_run("fase1")
+    assert record.facts["published"]["remote"] == "origin"
+    end = state_of(box)
+    assert end.branch == "main" and end.served == end.head
+    assert git(box.dir / "origin.git", "rev-parse", "main") == end.head
