@@ -65,6 +65,15 @@ class DatabaseAction:
         return None
 
 
+class DatabaseStep(Step):
+    """The step of an action, named by the phase it is for (see DatabaseAction.step_name)."""
+
+    changes = True
+
+    def __init__(self, name: str = "database") -> None:
+        self.name = name
+
+
 def action_for(kind: str, phase: str) -> DatabaseAction | None:
     """The action of a phase whose profile names `kind` (`none` and "" have none)."""
     from rollback.actions.branch_keys import ConvertBranchKeys

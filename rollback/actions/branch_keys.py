@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg import sql
 
-from rollback.actions import DatabaseAction
+from rollback.actions import DatabaseAction, DatabaseStep
 from rollback.errors import StepFailed
 from rollback.runs.core import Done, Options, Run, Step, StepPlan, still_locked
 from rollback.runs.dbops import (
@@ -200,10 +200,6 @@ def ensure_backup_schema(conn: psycopg.Connection[Any], schema: str) -> None:
         " PRIMARY KEY (run_id, batch))").format(sql.Identifier(schema)))
 
 
-
-
-
-
 def api_keys_checksum(conn: psycopg.Connection[Any], ids_from: tuple[str, str] | None = None) -> str:
     """Checksum of api_keys (without usage columns); only the ids of a backup table if given."""
     where: sql.Composable = sql.SQL("")
@@ -284,9 +280,6 @@ def write_backup_csv(conn: psycopg.Connection[Any], schema: str, table: str, pat
     return digest.hexdigest()
 
 
-
-
-
 @dataclass
 class Conversion:
     batches: int = 0
@@ -308,8 +301,6 @@ def progress(conn: psycopg.Connection[Any], schema: str, run_id: str) -> tuple[i
     ).format(p=sql.Identifier(schema, "fase2_progress")), (run_id, run_id)).fetchone()
     assert row is not None
     return int(row[0]), row[1], int(row[2])
-
-
 
 
 def _retrying(policy: BatchPolicy, what: str, result: Conversion,
@@ -616,12 +607,8 @@ class ConvertBranchKeys(DatabaseAction):
         return f"undo the key conversion with `rollback restore fase2 --run {run.run_id}`"
 
 
-class ConvertKeys(Step):
+class ConvertKeys(DatabaseStep):
     title = "Convert branch keys"
-    changes = True
-
-    def __init__(self, name: str = "database") -> None:
-        self.name = name
 
     def describe(self, run: Run) -> StepPlan:
         settings = run.settings.run

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg import sql
 
-from rollback.actions import DatabaseAction
+from rollback.actions import DatabaseAction, DatabaseStep
 from rollback.errors import StepFailed
 from rollback.fase3 import KIND_ORDER, DbObject, objects_in_repo
 from rollback.runs.core import Done, Options, Run, Step, StepPlan, still_locked, write_private
@@ -344,12 +344,8 @@ class DropObjects(DatabaseAction):
         return f"recreate the objects with `rollback restore fase3 --run {run.run_id}`"
 
 
-class DropStep(Step):
+class DropStep(DatabaseStep):
     title = "FASE 3 database objects"
-    changes = True
-
-    def __init__(self, name: str = "database") -> None:
-        self.name = name
 
     def describe(self, run: Run) -> StepPlan:
         objects = fase3_objects(run)
