@@ -48,8 +48,10 @@ pytest_plugins = [
 PHASES = ("fase1", "fase2", "fase3")
 #: the line saying which run's context the checks use, when they looked for one themselves
 LAST_RUN = pytest.StashKey[str]()
-#: the time the check under way may still spend on requests (and on waiting for rate limits)
+#: the time the check under way may still spend on requests (and on waiting for rate limits),
+#: and the target's health as the checks found it (Budget.breaker)
 BUDGET = pytest.StashKey[Budget]()
+
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -112,7 +114,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     mark = item.get_closest_marker("timeout")
     timeout = float(mark.args[0]) if mark and mark.args else \
         item.config.stash[SUITE].thresholds.check_timeout_s
-    _budget_of(item.config).start(timeout)
+    _budget_of(item.config).start(timeout, item.nodeid)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

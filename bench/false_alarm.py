@@ -4,7 +4,9 @@
     python -m bench.false_alarm --runs 5 --back-to-back 5          # a quick look
     python -m bench.false_alarm --shape tistis --work /tmp
 
-Three series of the real command (`rollback validate all`, each a subprocess, one key for all):
+The sandbox first has FASE 3 (option 2), 2 and 1 rolled back by the real drivers (`rollback
+run`, as the demo does), so that `validate all` has every phase's checks to pass. Then three
+series of the real command (`rollback validate all`, each a subprocess, one key for all):
 
     chaos 2%     the sandbox answers 2% of API requests 500 at random (`.sandbox/chaos.json`
                  {"error_rate": 0.02}), a normal background rate: no run may fail
@@ -21,6 +23,8 @@ Exit 0 when every figure was measured (a missed aim is printed, not a failure), 
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -48,7 +52,28 @@ def _failed_checks(report_dir: Path) -> list[str]:
     return failed
 
 
-def _series(sandbox: Any, reports: Path, runs: int, chaos: dict[str, Any] | None,
+def _roll_back_every_phase(sandbox: Any, folder: Path) -> Path:
+    """FASE 3 (option 2), 2 and 1 rolled back with a quick gate; returns the rollback.toml
+    the validations use (the sandbox's, with logs and reports in `folder`)."""
+    import subprocess
+
+    config = folder / "rollback.toml"
+    config.write_text(sandbox.state.config_file.read_text()
+                      + f'\n[paths]\nlogs_dir = "{folder / "logs"}"\nreports_dir = "{folder / "reports"}"\n'
+                      + "\n[gate]\npasses_required = 1\ndeadline_s = 120\ninterval_s = 1\n")
+    for phase, option in (("fase3", ["--db-option", "2"]), ("fase2", []), ("fase1", [])):
+        started = time.perf_counter()
+        done = subprocess.run([*rollback_command(), "run", phase, "--yes", *option], cwd=ROOT,
+                              env=sandbox.env(ROLLBACK_CONFIG=str(config)), capture_output=True,
+                              text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"`rollback run {phase}` exited {done.returncode}: "
+                             f"{(done.stderr or done.stdout)[-1500:]}")
+        click.echo(f"rolled back {phase} in {time.perf_counter() - started:.1f} s")
+    return config
+
+
+def _series(sandbox: Any, config: Path, reports: Path, runs: int, chaos: dict[str, Any] | None,
             label: str) -> dict[str, Any]:
     import subprocess
 
@@ -63,7 +88,8 @@ def _series(sandbox: Any, reports: Path, runs: int, chaos: dict[str, Any] | None
             folder = reports / f"{label}-{number:02d}"
             started = time.perf_counter()
             done = subprocess.run([*rollback_command(), "validate", "all", "--reports", str(folder)],
-                                  cwd=ROOT, env=sandbox.env(), capture_output=True, text=True,
+                                  cwd=ROOT, env=sandbox.env(ROLLBACK_CONFIG=str(config)),
+                                  capture_output=True, text=True,
                                   timeout=600, check=False)
             seconds = time.perf_counter() - started
             dirs = sorted(folder.glob("*-all*"))
@@ -90,6 +116,10 @@ def _series(sandbox: Any, reports: Path, runs: int, chaos: dict[str, Any] | None
     }
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 @click.command()
 @click.option("--runs", type=click.IntRange(1, 1000), default=30, show_default=True,
               help="Runs at each chaos rate.")
@@ -106,12 +136,22 @@ def main(runs: int, back_to_back: int, shape: str, work: Path, out: Path) -> Non
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = Path(tempfile.mkdtemp(prefix="fa-", dir=work))
     figures: dict[str, Any] = {"stamp": stamp, "shape": shape}
-    with running(folder / "sbx", shape=shape) as sandbox:
-        reports = folder / "reports"
-        figures["chaos_2pct"] = _series(sandbox, reports, runs, {"error_rate": 0.02}, "chaos2")
-        figures["chaos_10pct"] = _series(sandbox, reports, runs, {"error_rate": 0.10}, "chaos10")
-        if back_to_back:
-            figures["back_to_back"] = _series(sandbox, reports, back_to_back, None, "b2b")
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the sandbox on `kill` too
+    try:
+        with running(folder / "sbx", shape=shape) as sandbox:
+            config = _roll_back_every_phase(sandbox, folder)
+            reports = folder / "validations"
+            figures["chaos_2pct"] = _series(sandbox, config, reports, runs, {"error_rate": 0.02},
+                                            "chaos2")
+            figures["chaos_10pct"] = _series(sandbox, config, reports, runs, {"error_rate": 0.10},
+                                             "chaos10")
+            if back_to_back:
+                figures["back_to_back"] = _series(sandbox, config, reports, back_to_back, None, "b2b")
+    except KeyboardInterrupt:
+        click.echo("interrupted: the sandbox was stopped")
+        sys.exit(130)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"false-alarm-{stamp}.json"
     path.write_text(json.dumps(figures, indent=2) + "\n")

@@ -57,9 +57,14 @@ class Budget:
 
     def __init__(self) -> None:
         self._deadline = math.inf
+        #: the node id of the check under way, for the findings it makes (see Breaker)
+        self.check = "a fixture before the first check"
+        #: the target's health as the session's checks found it
+        self.breaker = Breaker(self)
 
-    def start(self, timeout_s: float) -> None:
+    def start(self, timeout_s: float, check: str = "") -> None:
         self._deadline = time.monotonic() + timeout_s * BUDGET_SHARE
+        self.check = check or self.check
 
     def left(self) -> float:
         return self._deadline - time.monotonic()
@@ -126,12 +131,64 @@ class Pacer:
         return wait if wait <= MAX_RATE_WAIT_S and self.budget.allows(wait + 1) else None
 
 
+@dataclass(frozen=True)
+class Finding:
+    """What a check saw that the others need not see again: who, and what."""
+
+    by: str
+    saw: str
+
+
+class Breaker:
+    """The target's health as the checks found it, one per session, like a circuit breaker.
+
+    Once the API refused connections twice, it is down: every later request fails at once,
+    naming the check that found it and what it saw. Once a path gave no answer in time, it is
+    hung: later requests to it fail at once the same way; and, as the API is now known to hang,
+    a later first timeout elsewhere is not waited for twice. The rest carries on."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        self.api_down: Finding | None = None
+        self.hung: dict[str, Finding] = {}
+        self.refusals = 0
+
+    @property
+    def hangs(self) -> bool:
+        return bool(self.hung)
+
+    def refuse(self, path: str) -> str | None:
+        """Why a request to `path` is not sent, or None."""
+        found = self.api_down or self.hung.get(path)
+        if found is None:
+            return None
+        state = "is down" if found is self.api_down else f"does not answer at {path}"
+        return (f"GET {path}: not sent, the API {state}: {found.saw} (found by {found.by}); "
+                "fix that first")
+
+    def saw(self, path: str, error: Exception) -> None:
+        with self._lock:
+            what = f"GET {path}: {type(error).__name__}: {error}".rstrip(": ")
+            if isinstance(error, httpx.TimeoutException):
+                self.hung.setdefault(path, Finding(self.budget.check, what))
+            else:
+                self.refusals += 1
+                if self.refusals >= 2 and self.api_down is None:
+                    self.api_down = Finding(self.budget.check, what)
+
+    def answered(self) -> None:
+        with self._lock:
+            self.refusals = 0
+
+
 class CheckClient(httpx.Client):
     """The checks' httpx client: each answer bounded (`rollback.http`), paced by its key's
-    rate limit, and aware of the check's deadline."""
+    rate limit, aware of the check's deadline and of what the other checks found (Breaker)."""
 
     def __init__(self, *, budget: Budget, timeout_s: float, **kwargs: Any) -> None:
         self.budget = budget
+        self.breaker = budget.breaker
         self.pacer = Pacer(budget)
         super().__init__(timeout=timeout_s, transport=BoundedTransport(timeout_s),
                          event_hooks={"request": [self.pacer.before],
@@ -206,10 +263,17 @@ def get(
     within the check's deadline (see the module docstring). Every attempt is in `evidence`."""
     __tracebackhide__ = True
     budget = _budget(client)
+    breaker = client.breaker if isinstance(client, CheckClient) else Breaker(budget)
     url = f"{client.base_url}{path}"
     timeout_s = client.timeout.read or 10.0
     attempts: list[httpx.Response | Exception] = []
     while True:
+        refused = breaker.refuse(path)
+        if refused is not None:
+            if evidence is not None:
+                evidence.failed_request("GET", url, refused, None)
+            pytest.fail(refused, pytrace=False)
+        hung_before = breaker.hangs
         started = time.perf_counter()
         try:
             outcome: httpx.Response | Exception = client.get(
@@ -218,8 +282,15 @@ def get(
             outcome = exc
         elapsed = (time.perf_counter() - started) * 1000
         attempts.append(outcome)
+        if isinstance(outcome, Exception) and (len(attempts) > 1 or hung_before
+                                               or not isinstance(outcome, httpx.TimeoutException)):
+            breaker.saw(path, outcome)  # a first timeout is the path's only once retried
+        elif isinstance(outcome, httpx.Response):
+            breaker.answered()
         wait = _rate_limited(client, path, outcome) if isinstance(outcome, httpx.Response) else None
-        again = _again(attempts, budget, timeout_s) or (wait is not None and len(attempts) == 1)
+        again = (_again(attempts, budget, timeout_s)
+                 and not (isinstance(outcome, httpx.TimeoutException) and hung_before)
+                 ) or (wait is not None and len(attempts) == 1)
         label = note
         if len(attempts) > 1 or again:
             label = f"attempt {len(attempts)}" + (f"; {note}" if note else "")
@@ -335,10 +406,16 @@ class Sample:
 
 
 def _once(client: httpx.Client, path: str, *, may_wait: bool = True) -> Outcome:
+    breaker = client.breaker if isinstance(client, CheckClient) else None
+    refused = breaker.refuse(path) if breaker is not None else None
+    if refused is not None:  # counted as no answer in time, without waiting for it again
+        return Outcome(path, f"{client.base_url}{path}", None, 0.0, f"Timeout ({refused})")
     started = time.perf_counter()
     try:
         response = client.get(path)
     except httpx.TransportError as exc:
+        if breaker is not None:
+            breaker.saw(path, exc)
         return Outcome(path, f"{client.base_url}{path}", None,
                        (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}")
     wait = _rate_limited(client, path, response) if may_wait else None
@@ -359,7 +436,7 @@ def sample(client: httpx.Client, paths: Sequence[str], size: int) -> dict[str, S
 
 
 #: the most requests the error-rate check sends in all, its first sample included
-ERROR_RATE_CAP = 400
+ERROR_RATE_CAP = 600
 
 
 def sample_until_decided(client: httpx.Client, first: Mapping[str, Sample], limit: float,
@@ -377,7 +454,7 @@ def sample_until_decided(client: httpx.Client, first: Mapping[str, Sample], limi
         failed = sum(1 for o in judged if o.failed)
         if decide(failed, len(judged), limit) != "undecided":
             return samples
-        if len(judged) + batch * len(paths) > cap or not budget.allows(3 * timeout_s):
+        if len(judged) + batch * len(paths) > cap or not budget.allows(timeout_s + 2):
             return samples
         more = sample(client, paths, batch)
         samples = {path: samples[path].plus(more[path]) for path in paths}

@@ -1,6 +1,6 @@
 """Synthetic error rate: server errors, timeouts and failed connections in a concurrent sample,
-overall and per endpoint. The shared sample grows, batch by batch (up to 400 requests), until
-it tells the rate from the limit with 95% confidence: a normal background rate (2%) passes and
+overall and per endpoint. The shared sample grows, batch by batch (up to 600 requests), until
+it tells the rate from the limit with 99% confidence: a normal background rate (2%) passes and
 a failing API (10%) fails, where one sample of 20 per endpoint would often say either.
 
 PYTEST_DONT_REWRITE: assertion messages here are written for the person on call;

@@ -121,8 +121,9 @@ def test_p95_against_warn_and_alert(ms: float, verdict: str) -> None:
 @pytest.mark.parametrize(("failed", "total", "final", "verdict"), [
     (0, 0, False, "undecided"),     # saw nothing: never a pass
     (0, 0, True, "undecided"),
-    (0, 20, False, "undecided"),    # 0 of 20 cannot tell 0% from 10%
-    (0, 80, False, "pass"),         # ... 0 of 80 can
+    (0, 20, False, "undecided"),    # 0 of 20 cannot tell 0% from 10% ...
+    (0, 80, False, "undecided"),
+    (0, 130, False, "pass"),        # ... 0 of 130 can (99%)
     (0, 20, True, "pass"),
     (1, 20, True, "fail"),          # 5.0% is the limit: 1 of 20 is at it, and fails
     (1, 21, True, "pass"),          # just under it
