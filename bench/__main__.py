@@ -11,6 +11,9 @@ reports/bench/bench-<UTC stamp>.json and .md (and latest.json / latest.md).
                     twice the baseline, no block over 1 s, at least half the floor's rows/s)
     3. monitor      bench/monitor.py for --monitor-cycles cycles of 1 s: CPU share, RSS, drift
     4. startup      `rollback sandbox up` wall time (default size) and `rollback demo`'s
+    5. failfast     time to a verdict of `rollback validate all` and `rollback health` with the
+                    API down, the database down, the API answering 500, one endpoint hung
+                    (bench/failfast.py); not part of --quick unless named in --only
 
 Options:
 
@@ -20,7 +23,8 @@ Options:
     --monitor-cycles N      cycles of the monitor (default 300, about 5 minutes)
     --baseline-s S          seconds of read load measured before the conversion (default 15)
     --batch-size N          the driver's [run] batch_size for the conversion (default: its own)
-    --only LIST             sections to run, comma-separated: verdict,conversion,monitor,startup
+    --only LIST             sections to run, comma-separated: verdict,conversion,monitor,startup,
+                            failfast
     --out DIR               where the reports go (default reports/bench)
     --work DIR              where the work folder bench-<stamp>-* is made (default /tmp): the
                             sandboxes, their data and logs, the validation reports
@@ -54,11 +58,11 @@ from typing import Any
 import click
 from rich.console import Console
 
-from bench import conversion, machine, monitor_cost, report, startup, verdict
+from bench import conversion, failfast, machine, monitor_cost, report, startup, verdict
 from bench.common import ROOT, BenchError
 from bench.sandboxes import running
 
-SECTIONS = ("verdict", "conversion", "monitor", "startup")
+SECTIONS = ("verdict", "conversion", "monitor", "startup", "failfast")
 # a report is read in a log file or a CI page as often as on a terminal: do not wrap at 80
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -141,7 +145,13 @@ class Bench:
     def startup(self) -> dict[str, Any]:
         return startup.measure(self.default_ups, self.keyed_ups, self.work / "startup", log)
 
+    def failfast(self) -> dict[str, Any]:
+        with running(self.work / "sbx-failfast") as sbx:
+            self.default_ups.append(sbx.up_s)
+            return failfast.measure(sbx, self.work / "failfast", log)
+
     def run(self) -> dict[str, Any]:
+        self.section("failfast", "5. Fail fast", self.failfast)  # first: its up time counts too
         self.section("verdict", "1. Time to verdict", self.verdict)
         self.section("conversion", "2. FASE 2 conversion at scale", self.conversion)
         self.section("monitor", "3. Monitor cost", self.monitor)
@@ -185,13 +195,15 @@ def _interrupt(signum: int, frame: Any) -> None:
 @click.option("--monitor-cycles", type=click.IntRange(1, 3600))
 @click.option("--baseline-s", type=click.FloatRange(1, 600))
 @click.option("--batch-size", type=click.IntRange(1, 100_000))
-@click.option("--only", default=",".join(SECTIONS), callback=lambda _c, _p, v: _sections(v))
+@click.option("--only", default=None, callback=lambda _c, _p, v: None if v is None else _sections(v))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "reports" / "bench")
 @click.option("--work", "work_parent", type=click.Path(file_okay=False, path_type=Path), default=Path("/tmp"))
 @click.option("--keep-work", is_flag=True)
 def main(quick: bool, keys: int | None, runs: int | None, monitor_cycles: int | None,
          baseline_s: float | None, batch_size: int | None, only: list[str], out: Path,
          work_parent: Path, keep_work: bool) -> None:
+    if only is None:  # every section; --quick leaves the fail-fast cases out (minutes of faults)
+        only = [s for s in SECTIONS if not (quick and s == "failfast")]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work_parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"bench-{stamp}-", dir=work_parent)).resolve()

@@ -173,7 +173,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, list[Row]]]:
         return f"{aim['aim']}: {'met' if aim['met'] else 'MISSED'}"
 
     titles = {"verdict": "1. Time to verdict", "conversion": "2. FASE 2 conversion",
-              "monitor": "3. Monitor cost", "startup": "4. Start-up"}
+              "monitor": "3. Monitor cost", "startup": "4. Start-up", "failfast": "5. Fail fast"}
     measured = {}
     for name, title in titles.items():
         section = report.get(name)
@@ -245,6 +245,16 @@ def rows(report: dict[str, Any]) -> list[tuple[str, list[Row]]]:
              f"samples {start['sandbox_up_samples_s']}", "", keyed),
             ("rollback demo", _s(start.get("demo_s")), "", "", start.get("demo_note") or ""),
         ]))
+    fast = measured.get("failfast")
+    if fast:
+        lines: list[Row] = []
+        for case, met_it in fast["met"].items():
+            v, h = fast[case]["validate_all"], fast[case]["health_once"]
+            lines.append((f"{case}: validate all / health once", f"{v['seconds']} s / {h['seconds']} s",
+                          f"exit {v['exit_code']} / {h['exit_code']}", "",
+                          f"within {fast['aim_s']:g} s: {'met' if met_it else 'MISSED'}"
+                          + ("" if h["report_written"] else "; health wrote NO report")))
+        sections.append(("5. Fail fast", lines))
     return sections
 
 

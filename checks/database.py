@@ -13,6 +13,10 @@ from psycopg import sql
 from checks._plugin.verdicts import saw_nothing
 from rollback.config import Settings
 from rollback.profile import Resource
+from rollback.runs.dbops import has_column  # one has_column for the drivers and the checks
+
+__all__ = ["KeyTenant", "connect_read_only", "find_key", "has_column", "require_rows",
+           "tenant_rows"]
 
 
 @dataclass(frozen=True)
@@ -39,13 +43,6 @@ def find_key(conn: psycopg.Connection, raw_key: str, name: str) -> KeyTenant:
                             (row[1],)).fetchall()
     conn.rollback()
     return KeyTenant(tenant_id=row[1], key_id=row[0], branch_ids=tuple(b[0] for b in branches))
-
-
-def has_column(conn: psycopg.Connection, table: str, column: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-        "AND table_name = %s AND column_name = %s", (table, column)).fetchone()
-    return row is not None
 
 
 def connect_read_only(target: Settings) -> psycopg.Connection:

@@ -2,8 +2,8 @@
 it fails at once, naming the check that found it and what it saw; the rest carry on. No
 pytest-timeout dump stands in for the reason.
 
-Times are bounded only against the configured request timeout, with a wide margin: the
-figures themselves are measured by `python -m bench --only failfast`.
+No wall-clock assertion: the proof is that later checks were not sent at all; the times are
+measured by `python -m bench --only failfast`.
 """
 
 from __future__ import annotations
@@ -45,9 +45,8 @@ def test_one_path_that_never_answers_fails_its_checks_at_once(any_sandbox: Sandb
     at_once = [c for c in failed if "not sent, the API does not answer at" in c.message]
     assert at_once and all("found by checks/" in c.message for c in at_once), \
         [c.message for c in failed]
-    # each later check saw the finding instead of waiting: the run took a few timeouts, not one
-    # (or two) per check that reads the hung path
-    assert result.duration_s < 8 * REQUEST_TIMEOUT_S + 30, result.duration_s
+    # each later check saw the finding instead of waiting for its own timeout (how long the
+    # whole run takes is measured by `python -m bench --only failfast`, not asserted here)
     log = result.log.read_text()
     assert "Timeout >" not in log and "Stack of" not in log  # no pytest-timeout dumps
     # the checks that do not need the hung path carry on

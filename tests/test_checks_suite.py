@@ -166,6 +166,9 @@ def test_hung_api_fails_in_bounded_time(any_sandbox: Sandbox, tmp_path: Path) ->
         result = run_validation("health", reports_root=tmp_path,
                                 env=sandbox.env(ROLLBACK_CONFIG=str(config)),
                                 extra_args=["-k", "latency or valid_key"])
-    assert result.exit_code == 1 and result.duration_s < 20
+    assert result.exit_code == 1
+    # bounded by the configured timeouts, not by a wall clock: no check ran into its own
+    # pytest-timeout (check_timeout_s), each ended on the request timeout it was given
+    assert "Timeout >" not in result.log.read_text()
     assert "20 timed out" in result.check("test_p95_latency_is_within_limits[leads]").message
     assert "no answer within" in result.check("test_valid_key_is_accepted").message

@@ -195,6 +195,8 @@ from rollback.validate import run_validation  # noqa: E402
     ("postgresql://u:pw-9f8e7d@db:5432/x", "password pw-9f8e7d alone"),
     ("", "GET https://user:hunter22@api.example.com/v1/leads: refused"),   # any URL's userinfo
     ("", "GET https://tok3n@api.example.com/v1/leads: refused"),
+    ("slack://tok3n/B/C mailto://u:hunter22@x.example", "sent to slack://tok3n/B/C"),  # a list
+    ("", "body: {\"key\": \"tis_live_" + "a" * 32 + "\"}"),          # a key nobody told us of
 ])
 def test_every_form_of_a_secret_is_masked(secret: str, text: str) -> None:
     redact = Redactor([secret] if secret else [])

@@ -10,6 +10,7 @@ tests/test_checks_*.py hold the same functions against a real server).
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from typing import Any
@@ -38,7 +39,8 @@ from rollback.probes import percentile
 from rollback.profile import load_profile
 
 # no deadline (a loaded machine is slow, not wrong) and no example database in the repository
-settings.register_profile("loaded-machine", deadline=None, max_examples=200, database=None)
+settings.register_profile("loaded-machine", deadline=None, database=None,
+                          max_examples=25 if os.environ.get("MUTANT_UNDER_TEST") else 200)
 settings.load_profile("loaded-machine")
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hypothesis-"))  # its caches, out of the checkout
 

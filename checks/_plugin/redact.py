@@ -1,9 +1,10 @@
 """Removing secrets (API keys, database passwords) and personal data from text bound for a
 report, a log or a message.
 
-    Redactor(secrets)                   every known secret, also as an error message quotes it
-                                        (repr-escaped: httpx's "Illegal header value b'...\\n'"),
-                                        and any URL's user and password, become `***`
+    Redactor(secrets)                   every known secret (each URL of a list too), also as an
+                                        error message quotes it (repr-escaped: httpx's "Illegal
+                                        header value b'...\\n'"), any URL's user and password,
+                                        and anything shaped like an API key become `***`
     Redactor(secrets, mask_pii=True)    also personal data of response bodies: e-mail addresses,
                                         international phone numbers, and the values of personal
                                         name, phone and e-mail fields (`"full_name": "***"`)
@@ -23,6 +24,8 @@ MASK = "***"
 SECRET_NAME = re.compile(r"(?i)(key|token|secret|passw|database_url|dsn|notify_url|auth)")
 #: scheme://user:password@ or scheme://token@ (userinfo without a password is a secret too)
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<info>[^/@\s]+)@(?=[^\s/@]+)")
+#: an API key of the platform's shape, known or not (a key from a response body, a log line)
+_API_KEY = re.compile(r"\btis_(?:live|test)_[A-Za-z0-9]{8,}")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 #: +CC then 7 to 14 more digits, spaces, dots, dashes or brackets between them
 _PHONE = re.compile(r"\+\d[\d\s().-]{6,18}\d")
@@ -45,9 +48,12 @@ def safe_url(url: str) -> str:
 def _forms(secret: str) -> set[str]:
     """A secret as text may carry it: as is, trimmed, and escaped as repr() and JSON show it."""
     forms = {secret, secret.strip(), repr(secret)[1:-1], secret.encode("unicode_escape").decode()}
-    password = urlsplit(secret).password if "://" in secret else None
-    if password:
-        forms.add(password)
+    for part in {secret, *re.split(r"[\s,]+", secret)}:  # notification URLs come as a list
+        if len(part) >= 6:
+            forms.add(part)
+        password = urlsplit(part).password if "://" in part else None
+        if password:
+            forms.add(password)
     return {f for f in forms if len(f) >= 4}
 
 
@@ -85,6 +91,7 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, MASK)
         text = _USERINFO.sub(_userinfo, text)
+        text = _API_KEY.sub("tis_***", text)
         if self.mask_pii:
             text = _PII_FIELD.sub(_field, text)
             text = _EMAIL.sub(MASK, text)
