@@ -155,6 +155,15 @@ def test_a_folder_without_room_is_refused_before_anything_changes(
     assert git(sandbox.repo, "rev-parse", "HEAD") == head
 
 
+def test_validate_into_a_read_only_reports_folder_is_one_line(sandbox: Sandbox,
+                                                              read_only: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "rollback", "validate", "health", "--reports",
+                             str(read_only)], cwd=ROOT, env=sandbox.env(), text=True,
+                            capture_output=True, timeout=120, check=False)
+    assert result.returncode == 1
+    assert_one_line(result, f"cannot write {read_only}/", "read-only file system")
+
+
 def test_check_room_says_what_it_found(tmp_path: Path) -> None:
     line = check_room(tmp_path / "logs", 1, "logs folder")
     assert line.startswith(f"logs folder {tmp_path / 'logs'} writable, ") and line.endswith(" free")
