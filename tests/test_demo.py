@@ -25,13 +25,14 @@ def test_demo_rolls_back_all_three_phases_green_and_stops(tmp_path: Path) -> Non
     assert "What `rollback run fase3 --db-option 2` would do" in result.stdout
 
     journals = sorted((folder / "logs").glob("*/journal.jsonl"))
-    assert [p.parent.name.split("-")[-1] for p in journals] == ["fase3", "fase2", "fase1"]
+    # run ids are <UTC stamp>-<phase>-<target id>
+    assert [p.parent.name.split("-")[1] for p in journals] == ["fase3", "fase2", "fase1"]
     for journal in journals:
         events = [json.loads(line)["event"] for line in journal.read_text().splitlines()]
         assert events[-1] == "run_finished"
-    reports = list((tmp_path / "reports").glob("*-fase*/gate/*/report.html"))
+    reports = list((tmp_path / "reports").glob("*-fase*-*/gate/*/report.html"))
     assert len(reports) == 3
-    assert list((tmp_path / "reports").glob("*-fase2/communication/*")), "FASE 2 communication written"
+    assert list((tmp_path / "reports").glob("*-fase2-*/communication/*")), "FASE 2 communication written"
 
     def left() -> list[psutil.Process]:
         return [p for p in psutil.process_iter(["cmdline", "status"])

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from checks.run_context import Fase2Backup, KeyCounts, RunContext
-from rollback.actions import fase3_objects
+from rollback.actions import branch_keys, fase3_objects
 from rollback.fase3 import parse_migration_objects
 from rollback.runs import dbops
 from rollback.validate import run_validation
@@ -66,15 +66,15 @@ def test_a_hostile_schema_name_is_quoted_through_backup_conversion_checks_and_un
     box = fresh_sandbox
     tables = _tables(box)
     keys_before = box.sql("SELECT id::text, scope_type, branch_id::text FROM api_keys ORDER BY id")
-    branch_keys = sum(1 for _, scope, _ in keys_before if scope == "branch")
+    branch_count = sum(1 for _, scope, _ in keys_before if scope == "branch")
     policy = dbops.BatchPolicy(size=7, lock_timeout_ms=2000, retries=0, backoff_s=0)
     with psycopg.connect(box.database_url) as conn:
         backup = branch_keys.backup_fase2(conn, schema=SCHEMA, run_id=RUN_ID,
                                     csv_path=tmp_path / "backup.csv")
-        assert backup.row_count == branch_keys
+        assert backup.row_count == branch_count
         done = branch_keys.convert_branch_keys(conn, schema=SCHEMA, table=backup.table, run_id=RUN_ID,
                                          policy=policy, log=lambda line: None)
-        assert done.converted == branch_keys and done.remaining == 0
+        assert done.converted == branch_count and done.remaining == 0
     assert SCHEMA in _schemas(box), "the schema exists under its literal name"
     assert _tables(box) == tables, "no table was dropped or added in public"
     assert box.sql("SELECT count(*) FROM api_keys")[0][0] == len(keys_before)
@@ -95,7 +95,7 @@ def test_a_hostile_schema_name_is_quoted_through_backup_conversion_checks_and_un
     with psycopg.connect(box.database_url) as conn:
         undone = branch_keys.restore_fase2(conn, schema=SCHEMA, run_id=RUN_ID, policy=policy,
                                      log=lambda line: None)
-    assert undone.verified and undone.restored == branch_keys
+    assert undone.verified and undone.restored == branch_count
     assert box.sql("SELECT id::text, scope_type, branch_id::text FROM api_keys ORDER BY id") == keys_before
 
 

@@ -358,7 +358,8 @@ def test_the_same_sources_give_the_same_commit_ids(tistis: Tistis, tmp_path: Pat
 def test_config_points_the_toolkit_at_vercel(tistis: Tistis) -> None:
     config = tistis.state.config_file.read_text()
     assert '[platform]\nprofile = "tistis"' in config
-    assert f'deploy_command = "{tistis.state.vercel_command} --prod --yes"' in config
+    assert 'deploy_mode = "vercel"' in config
+    assert f'vercel_command = "{tistis.state.vercel_command}"' in config
     secrets = [tistis.state.service_password, *tistis.state.keys.values()]
     assert not [s for s in secrets if s and s in config]
     assert (tistis.state.root / "sandbox.json").stat().st_mode & 0o077 == 0
