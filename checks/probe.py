@@ -144,14 +144,17 @@ class Breaker:
 
     Once the API refused connections twice, it is down: every later request fails at once,
     naming the check that found it and what it saw. Once a path gave no answer in time, it is
-    hung: later requests to it fail at once the same way; and, as the API is now known to hang,
-    a later first timeout elsewhere is not waited for twice. The rest carries on."""
+    hung, and once it answered only server errors three or more times in a row (see `get`), it
+    is failing: later requests to it fail at once the same way; and, as the API is now known to
+    hang, a later first timeout elsewhere is not waited for twice. The rest carries on."""
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self._lock = threading.Lock()
         self.api_down: Finding | None = None
         self.hung: dict[str, Finding] = {}
+        self.failing: dict[str, Finding] = {}
+        self.slow_errors: dict[str, int] = {}
         self.refusals = 0
 
     @property
@@ -160,12 +163,26 @@ class Breaker:
 
     def refuse(self, path: str) -> str | None:
         """Why a request to `path` is not sent, or None."""
-        found = self.api_down or self.hung.get(path)
+        found = self.api_down or self.hung.get(path) or self.failing.get(path)
         if found is None:
             return None
-        state = "is down" if found is self.api_down else f"does not answer at {path}"
+        state = ("is down" if found is self.api_down else f"does not answer at {path}"
+                 if path in self.hung else f"fails at {path}")
         return (f"GET {path}: not sent, the API {state}: {found.saw} (found by {found.by}); "
                 "fix that first")
+
+    def slow_error(self, path: str, what: str) -> None:
+        """A server error that took RESAMPLE_S or more to come; the second one at a path (in a
+        sample) makes it failing: the API is struggling there, not failing now and then."""
+        with self._lock:
+            self.slow_errors[path] = self.slow_errors.get(path, 0) + 1
+            if self.slow_errors[path] >= 2:
+                self.failing.setdefault(path, Finding(self.budget.check, what + ", twice"))
+
+    def fails(self, path: str, what: str) -> None:
+        """`path` answered nothing but server errors, several times in a row."""
+        with self._lock:
+            self.failing.setdefault(path, Finding(self.budget.check, what))
 
     def saw(self, path: str, error: Exception) -> None:
         with self._lock:
@@ -245,8 +262,10 @@ def cache_buster() -> dict[str, str]:
     return {"_validation_nonce": uuid.uuid4().hex}
 
 
-#: after a second server error, how many more times a single request is sent (see `get`)
+#: after a second server error, how many more times a single request is sent (see `get`),
+#: within RESAMPLE_S seconds of the first try: slow server errors are not waited for 12 times
 RESAMPLE = 10
+RESAMPLE_S = 2.0
 
 
 def get(
@@ -267,6 +286,7 @@ def get(
     url = f"{client.base_url}{path}"
     timeout_s = client.timeout.read or 10.0
     attempts: list[httpx.Response | Exception] = []
+    resampling_since = math.inf
     while True:
         refused = breaker.refuse(path)
         if refused is not None:
@@ -288,7 +308,9 @@ def get(
         elif isinstance(outcome, httpx.Response):
             breaker.answered()
         wait = _rate_limited(client, path, outcome) if isinstance(outcome, httpx.Response) else None
-        again = (_again(attempts, budget, timeout_s)
+        if len(attempts) == 1:
+            resampling_since = time.monotonic() - elapsed / 1000  # when the first try began
+        again = (_again(attempts, budget, timeout_s, time.monotonic() - resampling_since)
                  and not (isinstance(outcome, httpx.TimeoutException) and hung_before)
                  ) or (wait is not None and len(attempts) == 1)
         label = note
@@ -305,6 +327,10 @@ def get(
         if wait is not None:
             time.sleep(wait)
     last = attempts[-1]
+    if (isinstance(last, httpx.Response) and last.status_code >= 500 and len(attempts) >= 2
+            and all(isinstance(a, httpx.Response) and a.status_code >= 500 for a in attempts)
+            and (len(attempts) >= 3 or time.monotonic() - resampling_since >= RESAMPLE_S)):
+        breaker.fails(path, f"GET {path} answered {last.status_code} {len(attempts)} times in a row")
     tried = f" (sent {len(attempts)} times, each in the evidence)" if len(attempts) > 1 else ""
     if isinstance(last, httpx.TimeoutException):
         pytest.fail(f"GET {path}: no answer within {timeout_s:g} s ({type(last).__name__}){tried}: "
@@ -322,17 +348,20 @@ def get(
     return last
 
 
-def _again(attempts: Sequence[httpx.Response | Exception], budget: Budget, timeout_s: float) -> bool:
+def _again(attempts: Sequence[httpx.Response | Exception], budget: Budget, timeout_s: float,
+           resampling_s: float) -> bool:
     """Whether to send the request once more: after a first transient failure (5xx, timeout,
-    failed connection), and after a second server error up to RESAMPLE more times, so that
-    the error rate of that one request decides, not one unlucky answer. No answer twice is
-    the API down or hung: no more tries. Each try must fit in the check's deadline."""
+    failed connection), and after a second server error up to RESAMPLE more times within
+    RESAMPLE_S, so that the error rate of that one request decides, not one unlucky answer.
+    No answer twice is the API down or hung: no more tries. Each try must fit in the check's
+    deadline."""
     last = attempts[-1]
     if not _transient(last) or not budget.allows(timeout_s + 1):
         return False
     if len(attempts) == 1:
         return True
-    return isinstance(last, httpx.Response) and len(attempts) < 2 + RESAMPLE
+    return (isinstance(last, httpx.Response) and len(attempts) < 2 + RESAMPLE
+            and resampling_s < RESAMPLE_S)
 
 
 @dataclass(frozen=True)
@@ -377,13 +406,17 @@ class Sample:
 
     @property
     def latencies_ms(self) -> list[float]:
-        """Time to each answer; a request that timed out counts as infinitely slow."""
-        return [math.inf if o.timed_out else o.elapsed_ms for o in self.judged]
+        """Time to each answer; a request that timed out counts as infinitely slow, one not
+        sent (its path already found failing) not at all."""
+        return [math.inf if o.timed_out else o.elapsed_ms for o in self.judged
+                if not (o.error or "").startswith("NotSent")]
 
     @property
     def p95_ms(self) -> float:
-        """May be infinite: more than 5% of the sample got no answer in time."""
-        return percentile(self.latencies_ms, 95)
+        """May be infinite: more than 5% of the sample got no answer in time (or none was
+        sent)."""
+        latencies = self.latencies_ms
+        return percentile(latencies, 95) if latencies else math.inf
 
     @property
     def failures(self) -> list[Outcome]:
@@ -408,8 +441,9 @@ class Sample:
 def _once(client: httpx.Client, path: str, *, may_wait: bool = True) -> Outcome:
     breaker = client.breaker if isinstance(client, CheckClient) else None
     refused = breaker.refuse(path) if breaker is not None else None
-    if refused is not None:  # counted as no answer in time, without waiting for it again
-        return Outcome(path, f"{client.base_url}{path}", None, 0.0, f"Timeout ({refused})")
+    if refused is not None:  # counted as failed (a hung path: as no answer in time), unsent
+        kind = "Timeout" if breaker is not None and path in breaker.hung else "NotSent"
+        return Outcome(path, f"{client.base_url}{path}", None, 0.0, f"{kind} ({refused})")
     started = time.perf_counter()
     try:
         response = client.get(path)
@@ -418,6 +452,10 @@ def _once(client: httpx.Client, path: str, *, may_wait: bool = True) -> Outcome:
             breaker.saw(path, exc)
         return Outcome(path, f"{client.base_url}{path}", None,
                        (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}")
+    elapsed_s = time.perf_counter() - started
+    if breaker is not None and response.status_code >= 500 and elapsed_s >= RESAMPLE_S:
+        breaker.slow_error(path, f"GET {path} answered {response.status_code} after "
+                                 f"{elapsed_s:.1f} s")
     wait = _rate_limited(client, path, response) if may_wait else None
     if wait is not None:  # the key's window is spent: wait for it once, within the deadline
         time.sleep(wait)

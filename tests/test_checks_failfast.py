@@ -62,3 +62,17 @@ def test_an_api_that_is_down_fails_every_api_check_naming_who_found_it(sandbox: 
     down = [c for c in result.checks if "not sent, the API is down" in c.message]
     assert down and all("found by checks/" in c.message for c in down)
     assert result.check("test_no_orphaned_rows[leads]").verdict == "pass"  # the database is up
+
+
+def test_a_path_that_answers_only_server_errors_fails_later_checks_at_once(sandbox: Sandbox,
+                                                                         tmp_path: Path) -> None:
+    failing = sandbox.profile.leads_path
+    with sandbox.chaos(error_rate=1.0, paths=[failing]):
+        result = run_validation("health", reports_root=tmp_path, env=sandbox.env())
+    assert result.exit_code == 1
+    found = [c for c in result.checks if f"not sent, the API fails at {failing}" in c.message]
+    assert found and all("found by checks/" in c.message and "times in a row" in c.message
+                         for c in found), [c.message for c in result.checks if c.verdict == "fail"]
+    assert "error rate" in result.check("test_synthetic_error_rate_is_below_limit").message
+    # the other endpoints are judged as they are
+    assert result.check("test_list_answers_with_contract_shape[branches]").verdict == "pass"
