@@ -230,6 +230,14 @@ def test_whole_commit_takes_every_phase_back_with_each_database_step(tistis: Tar
     assert record.facts["phases"] == ["fase1", "fase2", "fase3"]
     assert set(record.gate["phases"]) == {"fase1", "fase2", "fase3"}
     assert all(p["passed"] for p in record.gate["phases"].values())
+    # the customers hear of every phase, and no message says that keys are untouched
+    said = Path(record.facts["communication"]["dir"])
+    assert (said / "customer_email_fase1.txt").is_file() and (said / "customer_email_fase3.txt").is_file()
+    assert list((said / "customer_emails").glob("*.txt")) and not (said / "customer_email.txt").exists()
+    texts = {p.name: p.read_text() for p in said.rglob("*") if p.is_file()}
+    assert not [name for name, text in texts.items() if "no API key was modified" in text
+                or "No data or key changed" in text], sorted(texts)
+    assert "Affected accounts" in texts["cs_briefing.md"] and "branch_id" in texts["cs_briefing.md"]
     # the database parts of the other phases are undone like their own runs' would be
     restored = tistis.rollback("restore", "fase2", "--run", record.run_id, "--yes")
     assert restored.returncode == 0, restored.stdout + restored.stderr

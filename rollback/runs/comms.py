@@ -53,14 +53,24 @@ COMMON = ["slack_engineering.md", "slack_incidents.md", "status_page.md", "cs_br
 INVESTIGATING = "customer_email_investigating.txt.j2"
 
 
-def documents_for(phase: str, gate_passed: bool = True) -> list[str]:
-    """The files a run writes; after a failed gate, customers get the investigating e-mail only."""
+def documents_for(phase: str | list[str], gate_passed: bool = True) -> list[str]:
+    """The files a run of `phase` (or, with --whole-commit, of several phases) writes; after a
+    failed gate, customers get the investigating e-mail only."""
+    phases = [phase] if isinstance(phase, str) else list(phase)
     if not gate_passed:
         return [*COMMON, "customer_email.txt"]
-    if phase == "fase2":
-        return [*COMMON, "customer_emails/<tenant>.txt", "in_app_notices/<tenant>.md",
-                "in_app_notices.json"]
-    return [*COMMON, "customer_email.txt"]
+    names = list(COMMON)
+    if "fase2" in phases:
+        names += ["customer_emails/<tenant>.txt", "in_app_notices/<tenant>.md", "in_app_notices.json"]
+    others = [p for p in phases if p != "fase2"]
+    names += ["customer_email.txt"] if phases == others[:1] else [
+        f"customer_email_{p}.txt" for p in others]
+    return names
+
+
+def covered(run: Run) -> list[str]:
+    """The phases the run took back: its own, or with --whole-commit every phase of the commit."""
+    return list(run.facts.get("phases") or [run.options.phase])
 
 
 def environment() -> Environment:
@@ -123,7 +133,8 @@ def context(run: Run) -> dict[str, Any]:
     said = run.settings.communication
     tenants: list[branch_keys.AffectedTenant] = []
     backup = facts.get("fase2_backup")
-    if run.options.phase == "fase2" and isinstance(backup, dict):
+    phases = covered(run)
+    if "fase2" in phases and isinstance(backup, dict):
         with dbops.read_only(run.database_url) as conn:
             tenants = branch_keys.affected_from_backup(conn, backup["schema"], backup["table"])
     me = who()
@@ -135,6 +146,9 @@ def context(run: Run) -> dict[str, Any]:
         "status_page_url": said.status_page_url,
         "run_id": run.run_id,
         "phase": run.options.phase,
+        # every phase the run took back (several with --whole-commit): a message about one of
+        # them must not say that keys are untouched when FASE 2's were converted
+        "phases": phases,
         "phase_title": PHASE_TITLES[run.options.phase],
         "phase_public": PUBLIC[run.options.phase][0],
         "public_impact": PUBLIC[run.options.phase][1],
@@ -189,11 +203,12 @@ def render_all(run: Run) -> list[Path]:
     facts = context(run)
     out = run.report_dir / "communication"
     written = [_write(out / name, env.get_template(name + ".j2").render(facts)) for name in COMMON]
-    phase = run.options.phase
+    phases = covered(run)
     if not facts["succeeded"]:  # nothing that says it works, nothing a dashboard imports
         written.append(_write(out / "customer_email.txt",
                               env.get_template(INVESTIGATING).render(facts)))
-    elif phase == "fase2":
+        phases = []
+    if "fase2" in phases:
         notices = []
         for tenant in facts["affected_tenants"]:
             per = {**facts, "tenant": tenant}
@@ -206,9 +221,12 @@ def render_all(run: Run) -> list[Path]:
                             "severity": "warning", "body_markdown": notice,
                             "key_ids": [k.id for k in tenant.keys]})
         written.append(_write(out / "in_app_notices.json", json.dumps(notices, indent=2) + "\n"))
-    else:
-        written.append(_write(out / "customer_email.txt",
-                              env.get_template(f"customer_email_{phase}.txt.j2").render(facts)))
+    others = [p for p in phases if p != "fase2"]
+    for phase in others:
+        name = "customer_email.txt" if phases == [phase] else f"customer_email_{phase}.txt"
+        written.append(_write(out / name, env.get_template(f"customer_email_{phase}.txt.j2").render(
+            {**facts, "phase": phase, "phase_title": PHASE_TITLES[phase],
+             "phase_public": PUBLIC[phase][0], "public_impact": PUBLIC[phase][1]})))
     _remove_stale(out, written)
     for path in written:
         run.note(f"wrote {path}")

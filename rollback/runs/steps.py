@@ -829,7 +829,7 @@ class Communicate(Step):
     def describe(self, run: Run) -> StepPlan:
         from rollback.runs import comms
 
-        names = comms.documents_for(run.options.phase)
+        names = comms.documents_for(run_phases(run))
         urls = run.settings.secrets.notify_urls is not None
         return self.plan([f"render {', '.join(names)} with this run's facts into "
                           f"{run.report_dir / 'communication'}",
