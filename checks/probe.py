@@ -180,9 +180,14 @@ class Breaker:
                 self.failing.setdefault(path, Finding(self.budget.check, what + ", twice"))
 
     def fails(self, path: str, what: str) -> None:
-        """`path` answered nothing but server errors, several times in a row."""
+        """`path` answered nothing but server errors, several times in a row. Two paths so:
+        the API is failing as a whole, and counts as down."""
         with self._lock:
             self.failing.setdefault(path, Finding(self.budget.check, what))
+            if len(self.failing) >= 2 and self.api_down is None:
+                paths = " and ".join(sorted(self.failing))
+                self.api_down = Finding(self.budget.check,
+                                        f"nothing but server errors at {paths}; {what}")
 
     def saw(self, path: str, error: Exception) -> None:
         with self._lock:
@@ -293,7 +298,7 @@ def get(
             if evidence is not None:
                 evidence.failed_request("GET", url, refused, None)
             pytest.fail(refused, pytrace=False)
-        hung_before = breaker.hangs
+        hung_before, failing_before = breaker.hangs, bool(breaker.failing)
         started = time.perf_counter()
         try:
             outcome: httpx.Response | Exception = client.get(
@@ -310,8 +315,14 @@ def get(
         wait = _rate_limited(client, path, outcome) if isinstance(outcome, httpx.Response) else None
         if len(attempts) == 1:
             resampling_since = time.monotonic() - elapsed / 1000  # when the first try began
+        slow_error = (isinstance(outcome, httpx.Response) and outcome.status_code >= 500
+                      and elapsed / 1000 >= RESAMPLE_S)
+        if slow_error and failing_before:  # the API is known to struggle: no second slow wait
+            breaker.fails(path, f"GET {path} answered {outcome.status_code} after "  # type: ignore[union-attr]
+                                f"{elapsed / 1000:.1f} s")
         again = (_again(attempts, budget, timeout_s, time.monotonic() - resampling_since)
                  and not (isinstance(outcome, httpx.TimeoutException) and hung_before)
+                 and not (slow_error and failing_before)
                  ) or (wait is not None and len(attempts) == 1)
         label = note
         if len(attempts) > 1 or again:
