@@ -176,7 +176,7 @@ class Bench:
             section = rep.get(name)
             if not section or "error" in section:
                 continue
-            for path in report.REQUIRED[name]:
+            for path in report.REQUIRED.get(name, []):
                 try:
                     report.lookup(section, path)
                 except KeyError:

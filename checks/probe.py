@@ -144,7 +144,7 @@ class Breaker:
 
     Once the API refused connections twice, it is down: every later request fails at once,
     naming the check that found it and what it saw. Once a path gave no answer in time, it is
-    hung, and once it answered only server errors three or more times in a row (see `get`), it
+    hung (two timeouts), and once it answered only server errors three or more times in a row (see `get`), it
     is failing: later requests to it fail at once the same way; and, as the API is now known to
     hang, a later first timeout elsewhere is not waited for twice. The rest carries on."""
 
@@ -155,6 +155,7 @@ class Breaker:
         self.hung: dict[str, Finding] = {}
         self.failing: dict[str, Finding] = {}
         self.slow_errors: dict[str, int] = {}
+        self.timeouts: dict[str, int] = {}
         self.refusals = 0
 
     @property
@@ -189,11 +190,16 @@ class Breaker:
                 self.api_down = Finding(self.budget.check,
                                         f"nothing but server errors at {paths}; {what}")
 
-    def saw(self, path: str, error: Exception) -> None:
+    def saw(self, path: str, error: Exception, *, surely: bool = False) -> None:
+        """A request that got no answer. A path is hung after its second timeout (one timeout
+        on a busy machine is not a hung API), or its first when `surely` (the API is already
+        known to hang); the API is down after two refused connections in a row."""
         with self._lock:
             what = f"GET {path}: {type(error).__name__}: {error}".rstrip(": ")
             if isinstance(error, httpx.TimeoutException):
-                self.hung.setdefault(path, Finding(self.budget.check, what))
+                self.timeouts[path] = self.timeouts.get(path, 0) + 1
+                if surely or self.timeouts[path] >= 2:
+                    self.hung.setdefault(path, Finding(self.budget.check, what))
             else:
                 self.refusals += 1
                 if self.refusals >= 2 and self.api_down is None:
@@ -307,9 +313,8 @@ def get(
             outcome = exc
         elapsed = (time.perf_counter() - started) * 1000
         attempts.append(outcome)
-        if isinstance(outcome, Exception) and (len(attempts) > 1 or hung_before
-                                               or not isinstance(outcome, httpx.TimeoutException)):
-            breaker.saw(path, outcome)  # a first timeout is the path's only once retried
+        if isinstance(outcome, Exception):  # the first of two timeouts in a row counts too
+            breaker.saw(path, outcome, surely=hung_before)
         elif isinstance(outcome, httpx.Response):
             breaker.answered()
         wait = _rate_limited(client, path, outcome) if isinstance(outcome, httpx.Response) else None
