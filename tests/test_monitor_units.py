@@ -318,3 +318,22 @@ def test_report_shows_an_incident_open_since_before_the_window(tmp_path: Path) -
                           still_open=[inc])
     (row,) = report.incidents
     assert row.open and row.title == "Database connection" and row.duration == "1 d so far"
+
+
+@pytest.mark.parametrize("statuses", ["F", "FF", "FFF", "FFFP", "FFFPP", "PFPF", "FFFFFFFPF"])
+def test_saved_alert_state_reads_back_equal_at_every_point(statuses: str) -> None:
+    """Whatever the streaks, the open incident, its times and counts: the state a restarted
+    monitor loads is the state it saved (a reader that drops a field loses damping)."""
+    policy = Policy(fire_after=2, resolve_after=2, remind_every=timedelta(seconds=3))
+    book = AlertBook(policy)
+    feed(book, statuses, check="latency")
+    feed(book, statuses[::-1], check="database")
+    saved = json.loads(json.dumps(book.to_json()))
+    restarted = AlertBook.from_json(policy, saved)
+    assert restarted.to_json() == book.to_json()
+    for check in ("latency", "database"):
+        assert restarted.state(check) == book.state(check)
+    # and both go on alike
+    assert feed(restarted, "FFFFPP", start=len(statuses)) == feed(book, "FFFFPP", start=len(statuses))
+    events = [e for e in feed(AlertBook(policy), "FFF")]
+    assert events and all(isinstance(kind, EventKind) for _, kind in events)

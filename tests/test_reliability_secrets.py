@@ -238,3 +238,21 @@ def test_reports_mask_personal_data_by_default_and_are_the_owners_only(sandbox: 
         assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
     assert any(e in shown.html.read_text(errors="replace") for e in emails)
     assert masked.report_dir.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://u:pw-9f8e7d@db:5432/x", "postgresql://u:***@db:5432/x"),
+    ("postgresql://u@db:5432/x?sslmode=require", "postgresql://u@db:5432/x?sslmode=require"),
+    ("https://api.example.com/v1", "https://api.example.com/v1"),
+])
+def test_safe_url_hides_the_password_only(url: str, shown: str) -> None:
+    from checks._plugin.redact import safe_url
+
+    assert safe_url(url) == shown
+
+
+def test_short_values_are_not_masked_everywhere_and_longest_secrets_win() -> None:
+    redact = Redactor(["abc", "tis_test_" + "c" * 20, "tis_test_" + "c" * 20 + "dd"])
+    assert redact("abc def") == "abc def"  # a 3-character secret would mask half the text
+    assert redact("key tis_test_" + "c" * 20 + "dd end") == "key *** end"
+    assert Redactor(["x" * 4])("a xxxx b") == "a *** b"
