@@ -202,8 +202,9 @@ class FoundRun:
 def last_run(settings: Settings, phase: str) -> FoundRun:
     """The run context of the newest run of `phase` against this target under [paths] logs_dir.
 
-    A run counts when its journal names this target (`RunRecord.of_target`, the rule runs
-    resume by) and its folder holds a run context (written when it reached its gate). Runs
+    A run counts when its journal names this target (`Settings.identity`; a journal from before
+    runs recorded their target names none and never counts: comparing with another target's
+    backup would fail healthy keys) and its folder holds a run context (written at its gate). Runs
     of other targets, and runs that stopped before their gate, are passed over and counted in
     the line.
     """
@@ -215,7 +216,7 @@ def last_run(settings: Settings, phase: str) -> FoundRun:
     for record in reversed(all_runs(logs)):
         if record.phase != phase:
             continue
-        if not record.of_target(here.id):
+        if record.target_id != here.id:  # strict: a journal naming no target is no one's here
             other_target += 1
             continue
         path = record.dir / CONTEXT_NAME
@@ -224,7 +225,7 @@ def last_run(settings: Settings, phase: str) -> FoundRun:
             continue
         return FoundRun(load_run_context(path), f"run context: {record.run_id}, the last {phase} "
                                                 f"run against target {here.id} ({here.api}): {path}")
-    skipped = [text for n, text in ((other_target, f"{other_target} of another target"),
+    skipped = [text for n, text in ((other_target, f"{other_target} of another target or of none"),
                                     (no_context, f"{no_context} stopped before their gate")) if n]
     over = f" (passed over: {', '.join(skipped)})" if skipped else ""
     return FoundRun(None, f"run context: none, no {phase} run against target {here.id} ({here.api}) "

@@ -177,6 +177,7 @@ def _roll_back_fase2(box: Sandbox, context_path: Path) -> RunContext:
     return context
 
 
+@pytest.mark.timeout(900)  # seven validations: a loaded machine must not fail it on time
 def test_fase2_rollback_passes_and_every_loss_is_caught(any_fresh_sandbox: Sandbox,
                                                         tmp_path: Path) -> None:
     box = any_fresh_sandbox
@@ -239,6 +240,7 @@ def test_fase2_checks_without_run_context_fail_only_under_the_gate(any_fresh_san
     failed(gated, "test_key_counts_are_unchanged", "--gate: required check skipped: no run context")
 
 
+@pytest.mark.timeout(900)  # several validations: a loaded machine must not fail it on time
 def test_fase3_rollback_option2_passes_and_leftovers_are_caught(any_fresh_sandbox: Sandbox,
                                                                 tmp_path: Path) -> None:
     box, profile = any_fresh_sandbox, any_fresh_sandbox.profile

@@ -101,6 +101,7 @@ def test_the_newest_run_of_the_phase_against_this_target_is_used(tmp_path: Path)
 
 @pytest.mark.parametrize(("arrange", "passed_over"), [
     ({"target": {"id": "0ther1d0"}}, "of another target"),
+    ({"target": {}}, "of another target or of none"),  # a journal from before targets were recorded
     ({"context": False}, "stopped before their gate"),
 ])
 def test_runs_of_another_target_or_without_a_context_are_passed_over(
