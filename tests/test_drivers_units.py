@@ -330,7 +330,9 @@ def test_every_template_renders_without_a_missing_fact() -> None:
     for phase in ("fase1", "fase2", "fase3"):
         extra = ["in_app_notice_fase2.md"] if phase == "fase2" else []
         for name in [*comms.COMMON, f"customer_email_{phase}.txt", *extra]:
-            assert env.get_template(name + ".j2").render({**facts, "phase": phase}).strip()
+            for phases in ([phase], ["fase1", "fase2", "fase3"]):  # its own run; a whole commit
+                assert env.get_template(name + ".j2").render(
+                    {**facts, "phase": phase, "phases": phases}).strip()
 
 
 def test_stamp_is_compact_utc() -> None:
