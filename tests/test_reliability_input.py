@@ -148,6 +148,10 @@ CASES: dict[str, Any] = {
                                 _api("silent")),
     "api-body-never-ends": Case(("plan", "fase1"), 1, "is not healthy: timeout", _api("endless")),
     # commands and options
+    # a key copied with its newline: refused by the run's pre-flight, before production is changed
+    "key-with-a-newline": Case(("run", "fase1", "--yes"), 2, "TEST_API_KEY contains whitespace",
+                               lambda scene: scene.env.update(
+                                   TEST_API_KEY=scene.box.keys["tenant"] + "\n")),
     "unknown-phase": Case(("run", "fase4", "--yes"), 2, "'fase4' is not one of 'fase1', 'fase2', 'fase3'"),
     "unknown-restore-phase": Case(("restore", "fase1", "--run", RUN_ID), 2, "'fase1' is not one of"),
     "unknown-selection": Case(("validate", "fase9"), 2, "'fase9' is not one of"),

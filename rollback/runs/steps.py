@@ -183,7 +183,11 @@ class Preflight(Step):
         if not (repo / ".git").exists():
             raise ConfigError(f"[target] repo = {repo}: not a git checkout")
         adapter_for(target.deploy_mode).check(run)
-        run.settings.require_api_key()
+        from checks.target import require_target
+
+        # the gate's target, refused now (a key with a trailing newline, no API_BASE_URL), not
+        # at the gate after production has been changed
+        require_target(run.settings)
         run.settings.require_database_url()
         if run.options.phase not in PHASES:
             raise UsageError(f"unknown phase {run.options.phase!r}: choose fase1, fase2 or fase3")
