@@ -63,11 +63,13 @@ class Evidence:
         ))
 
     def failed_request(self, method: str, url: str, error: str, elapsed_ms: float | None,
-                       status: int | None = None) -> None:
-        """A failed request: with its status when it was answered (a 500 and its body), or
-        "no answer" with the transport error (timeout, refused connection)."""
-        self.requests.append(RequestRecord(method, self.redact(url),
-                                           "no answer" if status is None else status, elapsed_ms,
+                       status: int | None = None, *, sent: bool = True) -> None:
+        """A failed request: with its status when it was answered (a 500 and its body), "not
+        sent" when the session's breaker held it back (the path was found failing or hung by an
+        earlier check: `error` names it), or "no answer" with the transport error (timeout,
+        refused connection)."""
+        shown: int | str = status if status is not None else "no answer" if sent else "not sent"
+        self.requests.append(RequestRecord(method, self.redact(url), shown, elapsed_ms,
                                            self.redact(error)))
 
     def latencies(self, name: str, values_ms: list[float], *, warn_ms: float, alert_ms: float,

@@ -216,7 +216,8 @@ def expect_error_rate(samples: Mapping[str, Sequence[Outcome]], limit: float, wh
         evidence.record(**{f"{path} failed": f"{bad} of {len(outcomes)}"})
     for outcome in failed[:5]:
         evidence.failed_request("GET", outcome.url, outcome.error or outcome.body, outcome.elapsed_ms,
-                                status=outcome.status)
+                                status=outcome.status,
+                                sent=not (outcome.error or "").startswith("NotSent"))
     overall = error_rate_verdict(len(failed), len(every), limit, final=True)
     worst = [(path, bad, len(outcomes)) for path, outcomes in judged.items()
              if (bad := sum(1 for o in outcomes if o.failed))

@@ -302,7 +302,7 @@ def get(
         refused = breaker.refuse(path)
         if refused is not None:
             if evidence is not None:
-                evidence.failed_request("GET", url, refused, None)
+                evidence.failed_request("GET", url, refused, None, sent=False)
             pytest.fail(refused, pytrace=False)
         hung_before, failing_before = breaker.hangs, bool(breaker.failing)
         started = time.perf_counter()

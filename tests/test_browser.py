@@ -74,18 +74,22 @@ def test_a_failing_validation_report_shows_the_failure_and_the_charts_without_a_
     verdict = page.locator(".rollback-verdict")
     assert verdict.is_visible() and verdict.inner_text().startswith("FAIL:")
     error_rate = next(c for c in failed if c.nodeid.endswith("test_synthetic_error_rate_is_below_limit"))
-    item = page.locator("ul.rollback-failed li", has_text=error_rate.nodeid)
+    def failing_item(nodeid: str) -> Any:  # its own line, not one naming it as who found a fault
+        return page.locator("ul.rollback-failed li", has_text=re.compile("^" + re.escape(nodeid + ":")))
+
+    item = failing_item(error_rate.nodeid)
     assert item.is_visible()
     assert re.search(r"error rate [\d.]+% >= limit 5\.0%", item.inner_text())
     assert item.evaluate("e => getComputedStyle(e).color") == RED
     for check in failed:  # every failing check, named with its reason, in view of the summary
-        assert page.locator("ul.rollback-failed li", has_text=check.nodeid).is_visible()
+        assert failing_item(check.nodeid).is_visible()
     # in the table too: the failing row is red and its reason is shown in its own column
     row = page.locator("tbody.failed", has_text=error_rate.nodeid).locator("tr.collapsible")
     assert re.match(r"error rate [\d.]+% >= limit 5\.0%", row.locator("td.col-reason").inner_text())
     assert row.locator("td.col-reason").evaluate("e => getComputedStyle(e).color") == RED
     charts = page.locator(".rollback-charts svg.latency-chart")
-    assert charts.count() == len(sandbox.profile.endpoints)
+    # one per endpoint that answered: the leads path only failed (chaos), so it has nothing to time
+    assert charts.count() == len(sandbox.profile.endpoints) - 1
     for i in range(charts.count()):
         chart = charts.nth(i)
         box = chart.bounding_box()
