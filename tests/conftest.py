@@ -36,6 +36,22 @@ from sandbox.postgres import EmbeddedPostgres
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true",
+                     help="also run the long rehearsals marked soak (the demo, the benchmark, whole "
+                          "sequences); outside .ci/run")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without --soak, the tests marked soak are deselected (and counted as such), not skipped."""
+    if config.getoption("--soak"):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]
+
+
 @dataclass
 class Sandbox:
     """A running sandbox and the handles a test needs to use it and to break it."""

@@ -30,6 +30,7 @@ def _processes_under(folder: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.timeout(900)
 def test_quick_benchmark_reports_every_figure_and_stops_every_sandbox(tmp_path: Path) -> None:
     out = tmp_path / "reports"

@@ -13,6 +13,7 @@ from tests.conftest import run_cli
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.timeout(300)
 def test_demo_rolls_back_all_three_phases_green_and_stops(tmp_path: Path) -> None:
     folder = tmp_path / "demo"

@@ -175,6 +175,7 @@ def assert_plan_matches_run(plan: dict[str, Any], record: RunRecord, box: Sandbo
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.timeout(240)
 def test_fase3_then_fase2_then_fase1_roll_back_with_green_gates(target: Target) -> None:
     box = target.box

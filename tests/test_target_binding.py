@@ -51,6 +51,7 @@ def identity_of(target: Target) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.timeout(240)
 def test_two_targets_from_one_directory_neither_resume_nor_block_each_other(
         two_targets: tuple[Target, Target]) -> None:
