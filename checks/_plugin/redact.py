@@ -9,15 +9,20 @@ report, a log or a message.
                                         international phone numbers, and the values of personal
                                         name, phone and e-mail fields (`"full_name": "***"`)
     safe_url(url)                       a URL without its password
+    url_tokens(urls)                    every piece of each notification URL that may be a token
+                                        (user, password, path segments, query values, a host
+                                        without a dot): `Redactor(url_tokens(urls))` masks them
 
-The checks mask personal data by default (`--show-pii` shows it, see conftest.py).
+The one redactor of the toolkit: the checks' reports, the drivers' run logs and journals
+(`rollback.runs.core.Run.redact`) and the monitor's delivery failures (`rollback.monitor.notify`)
+all use it. The checks mask personal data by default (`--show-pii` shows it, see conftest.py).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK = "***"
 #: metadata / environment names whose values are never shown
@@ -43,6 +48,30 @@ def safe_url(url: str) -> str:
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def url_tokens(urls: str) -> list[str]:
+    """Every piece of each notification URL in `urls` (a list, as ROLLBACK_NOTIFY_URLS gives it)
+    that may be a token: the URL, its user and password, path segments and query values of 4
+    characters or more, and a host without a dot (`slack://TokenA/TokenB/TokenC`,
+    `discord://webhook_id/token`: there the host is a token)."""
+    found = []
+    for url in re.split(r"[\s,]+", urls):
+        if not url:
+            continue
+        parts = urlsplit(url)
+        found.append(url)
+        if parts.username:
+            found.append(unquote(parts.username))
+        if parts.password:
+            found.append(unquote(parts.password))
+        found.extend(unquote(seg) for seg in parts.path.split("/") if len(seg) >= 4)
+        found.extend(unquote(value) for pair in parts.query.split("&") if "=" in pair
+                     for value in [pair.split("=", 1)[1]] if len(value) >= 4)
+        host = parts.netloc.rsplit("@", 1)[-1].split(":", 1)[0]
+        if host and "." not in host and host.lower() != "localhost":
+            found.append(host)
+    return found
 
 
 def _forms(secret: str) -> set[str]:

@@ -3,7 +3,8 @@
 One worker thread sends notices in order, so a slow or dead webhook never delays a cycle. A
 failed delivery becomes one line in the monitor's log naming the service by Apprise's privacy
 URL (tokens and passwords masked) and never stops the monitor. The raw URLs are secrets: they
-are only ever handed to Apprise.
+are only ever handed to Apprise, and what Apprise says of a failure goes through the toolkit's
+one redactor (`checks._plugin.redact`), told every token of every URL, before it is logged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import apprise
 
+from checks._plugin.redact import Redactor, url_tokens
 from rollback.errors import ConfigError
 from rollback.monitor.alerts import AlertEvent, EventKind
 from rollback.monitor.schedule import format_duration
@@ -81,7 +83,6 @@ class Notifier:
     def __init__(self, urls: str | None, log: Callable[[str], None]) -> None:
         self._log = log
         self._servers: list[Any] = []
-        self._secrets: list[str] = []
         for number, url in enumerate(split_urls(urls), start=1):
             server = apprise.Apprise.instantiate(url, suppress_exceptions=True)
             if server is None:
@@ -91,7 +92,7 @@ class Notifier:
                     "can send to; see https://github.com/caronc/apprise/wiki for the URL of each service"
                 )
             self._servers.append(server)
-            self._secrets.extend(_secret_parts(url))
+        self._redact = Redactor(url_tokens(urls or ""))
         self.delivered = 0
         self.failed = 0
         self._queue: queue.Queue[Message | None] = queue.Queue()
@@ -147,13 +148,8 @@ class Notifier:
             self._log(f"ALERT-DELIVERED {message.kind} to {where}")
             return
         self.failed += 1
-        why = self._redact(capture.messages[0] if capture.messages else "no detail from Apprise")
+        why = self._redact(capture.messages[0] if capture.messages else "no detail from Apprise")[:300]
         self._log(f"ALERT-DELIVERY-FAILED {message.kind} to {where}: {why}")
-
-    def _redact(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, "****")
-        return text[:300]
 
 
 def _shown(server: Any) -> str:
@@ -167,22 +163,3 @@ def _quiet_apprise() -> None:
     logger.propagate = False
     if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
         logger.addHandler(logging.NullHandler())
-
-
-def _secret_parts(url: str) -> list[str]:
-    """Every piece of a notification URL that may be a token: user info, path segments, values."""
-    from urllib.parse import unquote, urlsplit
-
-    parts = urlsplit(url)
-    found = [url]
-    if parts.username:
-        found.append(unquote(parts.username))
-    if parts.password:
-        found.append(unquote(parts.password))
-    found.extend(unquote(seg) for seg in parts.path.split("/") if len(seg) >= 4)
-    found.extend(unquote(v) for kv in parts.query.split("&") if "=" in kv
-                 for v in [kv.split("=", 1)[1]] if len(v) >= 4)
-    host = parts.netloc.rsplit("@", 1)[-1].split(":", 1)[0]
-    if host and "." not in host and host.lower() != "localhost":
-        found.append(host)  # slack://TokenA/..., discord://webhook_id/...: the host is a token
-    return [f for f in found if f]

@@ -9,7 +9,6 @@ found). The same objects make the plan and the run, so the two cannot drift apar
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -20,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
-from urllib.parse import urlsplit
 
+from checks._plugin.redact import Redactor, url_tokens
 from rollback.config import Settings
 from rollback.errors import ConfigError, StepFailed
 from rollback.runs.journal import Journal, RunRecord, iso, run_dir, stamp, utc_now
@@ -32,31 +31,6 @@ PHASE_TITLES = {
     "fase2": "FASE 2: branch-specific API keys",
     "fase3": "FASE 3: response cache, indexes, RPC functions and views",
 }
-_KEY_PATTERN = re.compile(r"tis_(?:live|test)_[A-Za-z0-9]{8,}")
-
-
-class Redactor:
-    """Replaces every secret (and anything shaped like an API key or a URL password) with ***."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        values = set()
-        for secret in secrets:
-            if not secret:
-                continue
-            values.add(secret)
-            for part in re.split(r"[\s,]+", secret):  # notify URLs come as a list
-                if len(part) >= 6:
-                    values.add(part)
-                    password = urlsplit(part).password if "://" in part else None
-                    if password:
-                        values.add(password)
-        self._values = sorted(values, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for value in self._values:
-            text = text.replace(value, "***")
-        text = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
-        return _KEY_PATTERN.sub("tis_***", text)
 
 
 class Ui(Protocol):
@@ -205,7 +179,9 @@ class Run:
         self.run_id = run_id or (record.run_id if record else
                                  f"{stamp(self.started)}-{options.phase}-{settings.identity.id}")
         self.facts: dict[str, Any] = dict(record.facts) if record else {}
-        self.redact = Redactor(settings.secrets.values())
+        notify = settings.secrets.notify_urls
+        self.redact = Redactor([*settings.secrets.values(),
+                                *url_tokens(notify.get_secret_value() if notify else "")])
         self.journal: Journal | None = None
         self.log = RunLog(None if dry else self.log_path, ui, self.redact)
         self.current_step: str = ""
