@@ -132,7 +132,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     needed = 3 * len(checks) + 2 * suite.thresholds.sample_size * len(suite.profile.endpoints)
     line = make_room(suite.settings.target.api_base_url, secrets.test_api_key.get_secret_value(),
                      suite.profile.auth_path, needed,
-                     min(2.0, suite.settings.target.request_timeout_s))  # a slow API: no pacing
+                     min(1.0, suite.settings.target.request_timeout_s))  # a slow API: no pacing
     if line:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
@@ -169,7 +169,8 @@ def _client(target: Settings, key: str | None, budget: Budget) -> CheckClient:
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     return CheckClient(base_url=target.target.api_base_url, headers=headers, budget=budget,
-                       timeout_s=target.target.request_timeout_s, follow_redirects=False)
+                       timeout_s=target.target.request_timeout_s, follow_redirects=False,
+                       control_path=target.platform.health.path)
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,9 @@
 
 Each case records the wall time, the exit code (1 expected) and whether `rollback health`
 still wrote its report. The aim is a verdict within 15 s (issue 13); with the default
-request_timeout_s (10 s) a hung path costs up to two timeouts for the first check that meets
-it, so that case is measured with the default and with request_timeout_s = 5.
+request_timeout_s (10 s) a hung path costs one timeout for the first check that meets it (two
+when the health path does not answer meanwhile either), so that case is measured with the
+default and with request_timeout_s = 5.
 """
 
 from __future__ import annotations

@@ -190,12 +190,16 @@ class Breaker:
                 self.api_down = Finding(self.budget.check,
                                         f"nothing but server errors at {paths}; {what}")
 
-    def saw(self, path: str, error: Exception, *, surely: bool = False) -> None:
+    def saw(self, path: str, error: Exception, *, surely: bool = False, because: str | None = None
+            ) -> None:
         """A request that got no answer. A path is hung after its second timeout (one timeout
         on a busy machine is not a hung API), or its first when `surely` (the API is already
-        known to hang); the API is down after two refused connections in a row."""
+        known to hang, or answered its control path at once meanwhile: `because`); the API is
+        down after two refused connections in a row."""
         with self._lock:
             what = f"GET {path}: {type(error).__name__}: {error}".rstrip(": ")
+            if because:
+                what += f", while {because}"
             if isinstance(error, httpx.TimeoutException):
                 self.timeouts[path] = self.timeouts.get(path, 0) + 1
                 if surely or self.timeouts[path] >= 2:
@@ -214,10 +218,13 @@ class CheckClient(httpx.Client):
     """The checks' httpx client: each answer bounded (`rollback.http`), paced by its key's
     rate limit, aware of the check's deadline and of what the other checks found (Breaker)."""
 
-    def __init__(self, *, budget: Budget, timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, *, budget: Budget, timeout_s: float, control_path: str | None = None,
+                 **kwargs: Any) -> None:
         self.budget = budget
         self.breaker = budget.breaker
         self.pacer = Pacer(budget)
+        #: a cheap path (the profile's health path) asked after a first timeout elsewhere
+        self.control_path = control_path
         super().__init__(timeout=timeout_s, transport=BoundedTransport(timeout_s),
                          event_hooks={"request": [self.pacer.before],
                                       "response": [self.pacer.observe]}, **kwargs)
@@ -250,6 +257,32 @@ def make_room(base_url: str, key: str, path: str, needed: int, timeout_s: float)
 
 def _budget(client: httpx.Client) -> Budget:
     return client.budget if isinstance(client, CheckClient) else Budget()
+
+
+#: how long the control request after a first timeout may take (see `responsive`)
+CONTROL_TIMEOUT_S = 2.0
+
+
+def responsive(client: httpx.Client, path: str, evidence: Evidence | None) -> str | None:
+    """After `path` gave no answer within the client's timeout: does the API answer its control
+    path (the health path) at once? If so (any HTTP answer within CONTROL_TIMEOUT_S), the API
+    serves and `path` is hung: no second wait of a whole timeout, whose only use is telling a
+    busy machine from a hung endpoint. Returns what the control request saw, or None (no
+    control path, `path` is the control path, or no prompt answer: then a busy machine is
+    possible and the request is tried again)."""
+    control = client.control_path if isinstance(client, CheckClient) else None
+    if not control or control == path:
+        return None
+    timeout = min(CONTROL_TIMEOUT_S, (client.timeout.read or 10.0) / 2)
+    started = time.perf_counter()
+    try:
+        response = client.get(control, timeout=timeout)
+    except httpx.TransportError:
+        return None
+    elapsed = (time.perf_counter() - started) * 1000
+    if evidence is not None:
+        evidence.request(response, f"control: is the API answering while {path} is not?")
+    return f"GET {control} answered {response.status_code} in {elapsed:.0f} ms meanwhile"
 
 
 def _transient(outcome: httpx.Response | Exception) -> bool:
@@ -313,8 +346,11 @@ def get(
             outcome = exc
         elapsed = (time.perf_counter() - started) * 1000
         attempts.append(outcome)
+        control = None
+        if isinstance(outcome, httpx.TimeoutException) and not hung_before and len(attempts) == 1:
+            control = responsive(client, path, evidence)
         if isinstance(outcome, Exception):  # the first of two timeouts in a row counts too
-            breaker.saw(path, outcome, surely=hung_before)
+            breaker.saw(path, outcome, surely=hung_before or control is not None, because=control)
         elif isinstance(outcome, httpx.Response):
             breaker.answered()
         wait = _rate_limited(client, path, outcome) if isinstance(outcome, httpx.Response) else None
@@ -326,7 +362,8 @@ def get(
             breaker.fails(path, f"GET {path} answered {outcome.status_code} after "  # type: ignore[union-attr]
                                 f"{elapsed / 1000:.1f} s")
         again = (_again(attempts, budget, timeout_s, time.monotonic() - resampling_since)
-                 and not (isinstance(outcome, httpx.TimeoutException) and hung_before)
+                 and not (isinstance(outcome, httpx.TimeoutException)
+                          and (hung_before or control is not None))
                  and not (slow_error and failing_before)
                  ) or (wait is not None and len(attempts) == 1)
         label = note
@@ -349,6 +386,9 @@ def get(
         breaker.fails(path, f"GET {path} answered {last.status_code} {len(attempts)} times in a row")
     tried = f" (sent {len(attempts)} times, each in the evidence)" if len(attempts) > 1 else ""
     if isinstance(last, httpx.TimeoutException):
+        if control is not None:
+            pytest.fail(f"GET {path}: no answer within {timeout_s:g} s ({type(last).__name__}), "
+                        f"while {control}: {path} is hung at {client.base_url}", pytrace=False)
         pytest.fail(f"GET {path}: no answer within {timeout_s:g} s ({type(last).__name__}){tried}: "
                     f"the API at {client.base_url} is hung or overloaded", pytrace=False)
     if isinstance(last, Exception):

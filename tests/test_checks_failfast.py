@@ -45,6 +45,10 @@ def test_one_path_that_never_answers_fails_its_checks_at_once(any_sandbox: Sandb
     at_once = [c for c in failed if "not sent, the API does not answer at" in c.message]
     assert at_once and all("found by checks/" in c.message for c in at_once), \
         [c.message for c in failed]
+    # the check that found it waited one timeout, not two: the health path answered meanwhile
+    finder = [c for c in failed if c.message.startswith(f"GET {hung}: no answer within")]
+    assert finder and "meanwhile" in finder[0].message and "is hung" in finder[0].message, \
+        [c.message for c in failed]
     # each later check saw the finding instead of waiting for its own timeout (how long the
     # whole run takes is measured by `python -m bench --only failfast`, not asserted here)
     log = result.log.read_text()
