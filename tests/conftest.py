@@ -32,6 +32,7 @@ from psycopg import sql
 from rollback.profile import Profile, load_profile
 from sandbox import control
 from sandbox.postgres import EmbeddedPostgres
+from tests.receivers import Receiver, serve_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +51,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if soak:
         config.hook.pytest_deselected(items=soak)
         items[:] = [item for item in items if not item.get_closest_marker("soak")]
+
+
+#: the only skips a fixture may raise: what this machine lacks, said loudly (and by .ci/run).
+#: Any other skip out of a fixture is a fixture that could not set up: reported as an error
+ENVIRONMENT_SKIPS = ("BROWSER TESTS SKIPPED", "STORAGE FAULT TESTS SKIPPED")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A skip raised while fixtures set up, other than an ENVIRONMENT_SKIPS one, fails the test:
+    a broken fixture must not pass for a test that did not apply. (Skips of a skip/skipif
+    marker are the marker's, and stay skips.)"""
+    report: pytest.TestReport = yield
+    if (call.when == "setup" and report.skipped and call.excinfo is not None
+            and call.excinfo.errisinstance(pytest.skip.Exception)
+            and item.get_closest_marker("skip") is None and item.get_closest_marker("skipif") is None):
+        reason = str(call.excinfo.value.msg)
+        if not reason.startswith(ENVIRONMENT_SKIPS):
+            report.outcome = "failed"
+            report.longrepr = (f"a fixture skipped this test ({reason}): a fixture that cannot set "
+                               "up is an error; only what the machine lacks may skip "
+                               "(tests/conftest.py ENVIRONMENT_SKIPS)")
+    return report
 
 
 @dataclass
@@ -217,3 +241,10 @@ def any_fresh_sandbox(request: pytest.FixtureRequest,
     box = sandbox_factory.make(shape=request.param)
     yield box
     sandbox_factory.destroy(box)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver (and Pushgateway stand-in) on 127.0.0.1, see tests/receivers.py."""
+    with serve_receiver() as running:
+        yield running

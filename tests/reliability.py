@@ -1,7 +1,7 @@
 """Helpers of the reliability tests (`test_reliability_*.py`): drivers run as real processes that
 the tests kill, block and starve, and what the journal and the database say afterwards.
 
-Built on `tests/test_drivers.py`: its `make_target` (a sandbox seen through a rollback.toml of
+Built on `tests/targets.py`: its `make_target` (a sandbox seen through a rollback.toml of
 the test's own) and `state_of` (what an operator can observe of the target).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from tests.conftest import ROOT, Sandbox
-from tests.test_drivers import Target
+from tests.targets import Target
 
 #: api_keys as a checksum, without what traffic bumps (last use, daily count) and without
 #: updated_at, which the conversion sets to the time it ran: two runs differ only there

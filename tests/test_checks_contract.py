@@ -10,25 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from rollback.runs import gitops
 from rollback.validate import ValidationResult, run_validation
 from tests.conftest import Sandbox
+from tests.validations import Patches, deploy_patched
 
 pytestmark = pytest.mark.slow
 
-Patches = list[tuple[str, str, str]]
-
-
-def deploy_patched(box: Sandbox, patches: Patches) -> None:
-    """Apply (file, old, new) replacements to the checkout, commit them, deploy."""
-    for name, old, new in patches:
-        path = box.repo / name
-        text = path.read_text()
-        assert old in text, f"{name} no longer holds {old!r}: update this test's patch"
-        path.write_text(text.replace(old, new))
-    gitops.git(box.repo, "-c", "user.name=test", "-c", "user.email=test@example.com",
-               "commit", "-q", "-am", "A bad deploy (test)")
-    box.deploy()
 
 
 def message(result: ValidationResult, check: str) -> str:

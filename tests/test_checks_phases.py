@@ -13,8 +13,6 @@ dropped by the names its migrations give them (`rollback.fase3.objects_in_repo`)
 from __future__ import annotations
 
 import contextlib
-import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,34 +21,15 @@ import pytest
 
 from checks.run_context import Baseline, Fase2Backup, KeyCounts, RunContext
 from rollback.fase3 import DbObject, objects_in_repo
-from rollback.runs import gitops, phasecode
 from rollback.validate import ValidationResult, run_validation
 from tests.conftest import Sandbox
+from tests.validations import failed, leads_arriving, roll_back_code
 
 pytestmark = pytest.mark.slow
 
 BACKUP_SCHEMA, BACKUP_TABLE = "rollback_backup", "api_keys_test_run"
-_GIT = ("-c", "user.name=test", "-c", "user.email=test@example.com")
 #: branch-scoped keys the seed gives each shape (seed 42, 50 tenants)
 SEEDED_BRANCH_KEYS = {"contract": 31, "tistis": 38}
-
-
-def roll_back_code(box: Sandbox, phase: str) -> None:
-    """Take the phase's code back as the profile's manifest says, commit, and deploy."""
-    spec = box.profile.phase(phase)
-    if spec.whole_commits:  # the commits of its trailer, reverted whole
-        assert spec.find.trailer, spec
-        commits = gitops.out(box.repo, "log", "--format=%H",
-                             f"--grep={spec.find.trailer}: {phase}").split()
-        for commit in commits:  # newest first
-            gitops.git(box.repo, *_GIT, "revert", "--no-edit", commit)
-    else:  # its files and hunks out of the commit that carries several phases
-        assert spec.find.subject, spec
-        commits = gitops.out(box.repo, "log", "--format=%H", "--grep", spec.find.subject).split()
-        plan = phasecode.plan_revert(box.repo, commits, phasecode.phase_code(spec))
-        phasecode.apply_revert(box.repo, plan, f"Revert {phase.upper()} by hand\n\nRollback-Run: test")
-    assert commits, f"no commit of {phase} in {box.repo}"
-    box.deploy()
 
 
 _DROP_ORDER = ("view", "materialized view", "function", "index")
@@ -64,38 +43,6 @@ def drop_objects(box: Sandbox, objects: tuple[DbObject, ...]) -> None:
         box.sql(f"DROP {obj.kind.upper()} IF EXISTS {target}")
 
 
-WRITER = "rollback-test-arriving-lead"
-
-
-@contextlib.contextmanager
-def leads_arriving(box: Sandbox, every_s: float = 0.4) -> Iterator[None]:
-    """New leads of the test tenant, written straight into the database (as the platform's
-    other writers do: no API request tells a response cache) while the block runs. A cache that
-    sets no header shows only then. The leads are deleted afterwards."""
-    stop, failures = threading.Event(), []
-
-    def write() -> None:
-        try:
-            with psycopg.connect(box.database_url, autocommit=True) as conn:
-                while not stop.wait(every_s):
-                    conn.execute("INSERT INTO leads (id, tenant_id, branch_id, phone, full_name) "
-                                 "VALUES (%s, %s, %s, %s, %s)",
-                                 (uuid.uuid4(), box.tenant_id, box.branch_id,
-                                  f"+52{uuid.uuid4().int % 10**10:010d}", WRITER))
-        except psycopg.Error as exc:  # reported by the test, not lost in a thread
-            failures.append(exc)
-
-    thread = threading.Thread(target=write, name="leads-arriving", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        box.sql("DELETE FROM leads WHERE full_name = %s", (WRITER,))
-    assert not failures, f"the lead writer failed: {failures[0]}"
-
-
 @contextlib.contextmanager
 def altered(box: Sandbox, change: str, restore: str) -> Iterator[None]:
     with psycopg.connect(box.database_url, autocommit=True) as conn:
@@ -105,14 +52,6 @@ def altered(box: Sandbox, change: str, restore: str) -> Iterator[None]:
     finally:
         with psycopg.connect(box.database_url, autocommit=True) as conn:
             conn.execute(restore)
-
-
-def failed(result: ValidationResult, check: str, *fragments: str) -> None:
-    __tracebackhide__ = True
-    outcome = result.check(check)
-    assert outcome.verdict == "fail", f"{check} is {outcome.verdict}; log:\n{result.log.read_text()[-3000:]}"
-    for fragment in fragments:
-        assert fragment in outcome.message, f"{fragment!r} not in {outcome.message!r}"
 
 
 def all_passed(result: ValidationResult) -> None:

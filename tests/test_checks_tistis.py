@@ -23,8 +23,7 @@ from psycopg import sql
 from rollback.runs import gitops
 from rollback.validate import ValidationResult, run_validation
 from tests.conftest import Sandbox, SandboxFactory, run_cli
-from tests.test_checks_contract import deploy_patched
-from tests.test_checks_phases import failed, leads_arriving, roll_back_code
+from tests.validations import deploy_patched, failed, leads_arriving, roll_back_code
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,6 @@ tests whose whole point is that nothing changes use the shared `sandbox`.
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import signal
 import subprocess
 import sys
@@ -18,7 +15,6 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,84 +23,19 @@ import httpx
 import psycopg
 import pytest
 
-from rollback.runs.journal import RunRecord, all_runs
+from rollback.runs.journal import RunRecord
 from rollback.runs.locks import DatabaseLock, RepoLock
 from sandbox import control
 from tests.conftest import ROOT, Sandbox
-
-FASE3_OBJECTS = (
-    "idx_leads_branch_active_statuses", "idx_leads_branch_search",
-    "idx_appointments_branch_scheduled", "idx_appointments_branch_scheduled_desc",
-    "idx_staff_branches_branch_id", "idx_staff_branches_staff_id",
-    "idx_leads_tenant_branch_created", "idx_appointments_tenant_branch_scheduled",
-    "idx_leads_branch_covering", "idx_appointments_branch_covering",
-    "idx_api_keys_hash_active", "idx_api_keys_branch_scope", "vw_fase3_index_usage",
-    "validate_fase3_indexes", "get_low_stock_items", "get_branch_stats_summary",
-    "refresh_branch_performance_metrics", "mv_branch_performance_metrics", "vw_cache_freshness",
+from tests.targets import (
+    FASE3_OBJECTS,
+    Target,
+    fase3_objects_present,
+    git,
+    make_target,
+    run_in_terminal,
+    state_of,
 )
-#: api_keys without the columns every request bumps (last use, daily count)
-KEYS_CHECKSUM = """
-    SELECT encode(sha256(convert_to(string_agg(to_jsonb(k)::text, E'\\n' ORDER BY k.id), 'UTF8')), 'hex')
-      FROM (SELECT id, tenant_id, created_by, name, description, key_hash, key_hint, key_prefix,
-                   environment, scopes, rate_limit_rpm, rate_limit_daily, ip_whitelist,
-                   expires_at, is_active, revoked_at, revoked_by, revoke_reason, metadata,
-                   created_at, updated_at, branch_id, scope_type, branch_context
-              FROM api_keys) k
-"""
-
-
-def _toml(data: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(str(v)) if isinstance(v, str | Path) else v}"
-                  for key, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
-@dataclass
-class Target:
-    """A sandbox seen through a rollback.toml of this test's own."""
-
-    box: Sandbox
-    config: Path
-    logs: Path
-    reports: Path
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return self.box.env(ROLLBACK_CONFIG=str(self.config), **extra)
-
-    def command(self, *args: str) -> list[str]:
-        """`rollback ARGS`, as `python -m rollback` (the console script's twin)."""
-        return [sys.executable, "-m", "rollback", *args]
-
-    def rollback(self, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(*args), cwd=ROOT, env=self.env(**env), text=True,
-                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              check=False)
-
-    def runs(self) -> list[RunRecord]:
-        return all_runs(self.logs)
-
-    def only_run(self, phase: str) -> RunRecord:
-        found = [r for r in self.runs() if r.phase == phase]
-        assert len(found) == 1, [r.run_id for r in found]
-        return found[0]
-
-
-def make_target(box: Sandbox, folder: Path, **sections: dict[str, Any]) -> Target:
-    folder.mkdir(parents=True, exist_ok=True)
-    data: dict[str, dict[str, Any]] = tomllib.loads(box.config_file.read_text())
-    data.setdefault("target", {}).update(sections.pop("target", {}))
-    data["paths"] = {"logs_dir": folder / "logs", "reports_dir": folder / "reports"}
-    data["gate"] = {"passes_required": 1, "deadline_s": 60, "interval_s": 0,
-                    **sections.pop("gate", {})}
-    data["run"] = {"retry_backoff_s": 0.1, **sections.pop("run", {})}
-    data.update(sections)
-    config = folder / "rollback.toml"
-    config.write_text(_toml(data))
-    return Target(box, config, folder / "logs", folder / "reports")
 
 
 @pytest.fixture
@@ -113,40 +44,6 @@ def target(fresh_sandbox: Sandbox, tmp_path: Path) -> Target:
 
 
 # --- what the target looks like ------------------------------------------------------------------
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-@dataclass(frozen=True)
-class State:
-    head: str
-    branch: str
-    dirty: str
-    rollback_branches: str
-    served: str
-    branch_keys: int
-    keys_checksum: str
-    fase3_objects: int
-
-
-def state_of(box: Sandbox) -> State:
-    version = httpx.get(f"{box.api_base_url}/health", timeout=5).json()["version"]
-    branch_keys, checksum = box.sql("SELECT (SELECT count(*) FROM api_keys WHERE scope_type = "
-                                    "'branch'), (" + KEYS_CHECKSUM + ")")[0]
-    return State(git(box.repo, "rev-parse", "HEAD"), git(box.repo, "branch", "--show-current"),
-                 git(box.repo, "status", "--porcelain"),
-                 git(box.repo, "branch", "--list", "rollback/*"), version, int(branch_keys),
-                 str(checksum), fase3_objects_present(box))
-
-
-def fase3_objects_present(box: Sandbox) -> int:
-    rows = box.sql("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                   "WHERE n.nspname = 'public' AND c.relname = ANY(%(n)s)", {"n": list(FASE3_OBJECTS)})
-    funcs = box.sql("SELECT count(*) FROM pg_proc WHERE proname = ANY(%(n)s)", {"n": list(FASE3_OBJECTS)})
-    return int(rows[0][0]) + int(funcs[0][0])
 
 
 def backup_ids(box: Sandbox, record: RunRecord) -> list[str]:
@@ -281,38 +178,10 @@ def test_run_without_a_terminal_needs_yes(sandbox: Sandbox, tmp_path: Path) -> N
     assert not list(target.logs.glob("*/journal.jsonl"))
 
 
-def _run_in_terminal(target: Target, args: list[str], answer: str) -> tuple[int, str]:
-    """Run the CLI with a pseudo-terminal as stdin/stdout and type `answer`."""
-    master, slave = pty.openpty()
-    process = subprocess.Popen(target.command(*args), cwd=ROOT, env=target.env(), stdin=slave,
-                               stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    output, sent = b"", False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-            if not sent and b"to proceed" in output:
-                os.write(master, answer.encode() + b"\r")
-                sent = True
-        elif process.poll() is not None:
-            break
-    code = process.wait(timeout=30)
-    os.close(master)
-    return code, output.decode(errors="replace")
-
-
 def test_any_other_confirmation_cancels_with_nothing_changed(sandbox: Sandbox, tmp_path: Path) -> None:
     target = make_target(sandbox, tmp_path)
     before = state_of(sandbox)
-    code, output = _run_in_terminal(target, ["run", "fase2"], "rollback fase2")
+    code, output, _ = run_in_terminal(target, ["run", "fase2"], "rollback fase2")
     assert "Type ROLLBACK FASE2 to proceed" in output
     assert code == 1 and "cancelled" in output and "nothing was changed" in output
     assert state_of(sandbox) == before

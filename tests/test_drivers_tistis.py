@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import Sandbox, SandboxFactory
-from tests.test_drivers import Target, git, make_target
+from tests.targets import Target, git, make_target
 
 # each test runs whole rollbacks (a build, a deploy, a gate): bounded wide, for a loaded machine
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

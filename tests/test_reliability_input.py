@@ -22,7 +22,7 @@ from rollback.runs.journal import Journal
 from sandbox import control
 from tests.conftest import ROOT, Sandbox
 from tests.reliability import FakeApi
-from tests.test_drivers import Target, _run_in_terminal, git, make_target, state_of
+from tests.targets import Target, git, make_target, run_in_terminal, state_of
 
 RUN_ID = "20260101T000000Z-fase2"
 
@@ -243,7 +243,7 @@ def test_a_wrong_confirmation_text_cancels_a_restore_with_nothing_changed(scene:
     journal = target.logs / RUN_ID / "journal.jsonl"
     written = journal.read_text()
     before = state_of(scene.box)
-    code, output = _run_in_terminal(target, ["restore", "fase2", "--run", RUN_ID], "RESTORE fase2")
+    code, output, _ = run_in_terminal(target, ["restore", "fase2", "--run", RUN_ID], "RESTORE fase2")
     assert "Type RESTORE FASE2 to proceed" in output
     assert code == 1 and "cancelled: the confirmation text did not match; nothing was changed" in output
     assert "Traceback" not in output

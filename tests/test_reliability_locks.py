@@ -1,7 +1,8 @@
 """One run at a time: runs started together, and locks left behind by runs that died.
 
 Two runs of the same phase, or FASE 2 and FASE 3, started at the same moment against the same
-target: exactly one proceeds, the other exits within 2 seconds naming the holder. A lock left by
+target: exactly one proceeds, the other exits at once naming the holder, while the first still
+holds the lock (it never waits for it). A lock left by
 a killed run is taken over, but not while a command that run started (a build, a deploy) still
 runs. (One run refused while a test holds the locks is in tests/test_drivers.py.)
 """
@@ -19,17 +20,18 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 
 from rollback.errors import StepFailed
 from rollback.runs.locks import DatabaseLock, RepoLock, is_held, read_holder
 from tests.conftest import Sandbox
 from tests.reliability import Driver, start
-from tests.test_drivers import Target, make_target, state_of
+from tests.targets import Target, make_target, state_of
 
-#: the refused run must not wait for the lock: it stops at once. A wide bound (the other run
-#: holds the lock for many seconds), so that a loaded 2-core machine does not fail it
-REFUSAL_LIMIT_S = 10.0
+#: a refused run exits at once; this bounds only a run that hangs instead (a clear failure
+#: rather than the test's own timeout). Not a speed figure: a loaded machine is far inside it
+HANG_LIMIT_S = 45.0
 
 
 @pytest.fixture
@@ -37,35 +39,25 @@ def target(fresh_sandbox: Sandbox, tmp_path: Path) -> Target:
     return make_target(fresh_sandbox, tmp_path / "t")
 
 
-def finish(driver: Driver, timeout: float = 240) -> float:
-    """Wait for the driver; seconds from its start to its exit."""
-    deadline = time.monotonic() + timeout
-    while driver.alive():
-        assert time.monotonic() < deadline, f"still running after {timeout} s"
-        time.sleep(0.01)
-    return time.monotonic() - driver.started
-
-
-def race(target: Target, first: list[str], second: list[str], folder: Path) -> tuple[Driver, Driver, float]:
-    """Start two runs at once; returns (winner, loser, the loser's seconds to exit)."""
+def race(target: Target, first: list[str], second: list[str],
+         folder: Path) -> tuple[Driver, Driver, bool]:
+    """Start two runs at once; returns (winner, loser, whether the loser had exited while the
+    winner still ran, holding the lock: a loser that waited for the lock exits after it)."""
     a = start(target, *first, folder=folder, name="a")
     b = start(target, *second, folder=folder, name="b")
-    times = {}
-    for driver in (a, b):
-        times[driver.pid] = None
+    first_out: Driver | None = None
+    deadline = time.monotonic() + 240
     while any(d.alive() for d in (a, b)):
-        for driver in (a, b):
-            if not driver.alive() and times[driver.pid] is None:
-                times[driver.pid] = time.monotonic() - driver.started
-        assert time.monotonic() - a.started < 240, "the runs did not finish"
+        if first_out is None:
+            ended = [d for d in (a, b) if not d.alive()]
+            if len(ended) == 1:
+                first_out = ended[0]
+        assert time.monotonic() < deadline, "the runs did not finish"
         time.sleep(0.01)
-    for driver in (a, b):
-        if times[driver.pid] is None:
-            times[driver.pid] = time.monotonic() - driver.started
     codes = sorted(d.process.returncode for d in (a, b))
     assert codes == [0, 1], f"exit codes {codes}:\n{a.output()[-2000:]}\n{b.output()[-2000:]}"
     winner, loser = (a, b) if a.process.returncode == 0 else (b, a)
-    return winner, loser, float(times[loser.pid] or 0)
+    return winner, loser, first_out is loser
 
 
 def assert_names_the_holder(loser: Driver, winner: Driver, target: Target) -> None:
@@ -86,9 +78,9 @@ def assert_names_the_holder(loser: Driver, winner: Driver, target: Target) -> No
 @pytest.mark.timeout(240)
 def test_two_runs_of_the_same_phase_started_together_one_proceeds_one_names_it(
         target: Target, tmp_path: Path) -> None:
-    winner, loser, seconds = race(target, ["run", "fase1", "--yes"], ["run", "fase1", "--yes"],
-                                  tmp_path / "out")
-    assert seconds < REFUSAL_LIMIT_S, f"the refused run took {seconds:.2f} s to exit"
+    winner, loser, refused_first = race(target, ["run", "fase1", "--yes"], ["run", "fase1", "--yes"],
+                                        tmp_path / "out")
+    assert refused_first, "the refused run exited only after the run holding the lock"
     assert_names_the_holder(loser, winner, target)
     record = target.only_run("fase1")
     assert record.state == "succeeded" and record.last_pid == winner.pid
@@ -101,9 +93,9 @@ def test_fase2_and_fase3_started_together_one_proceeds_one_names_it(target: Targ
                                                                     tmp_path: Path) -> None:
     box = target.box
     before = state_of(box)
-    winner, loser, seconds = race(target, ["run", "fase2", "--yes"],
-                                  ["run", "fase3", "--db-option", "2", "--yes"], tmp_path / "out")
-    assert seconds < REFUSAL_LIMIT_S, f"the refused run took {seconds:.2f} s to exit"
+    winner, loser, refused_first = race(target, ["run", "fase2", "--yes"],
+                                        ["run", "fase3", "--db-option", "2", "--yes"], tmp_path / "out")
+    assert refused_first, "the refused run exited only after the run holding the lock"
     assert_names_the_holder(loser, winner, target)
     done = target.runs()
     assert len(done) == 1 and done[0].state == "succeeded"
@@ -120,13 +112,11 @@ def test_a_run_refused_by_the_database_lock_names_its_holder(sandbox: Sandbox, t
     before = state_of(sandbox)
     held = DatabaseLock(sandbox.database_url, "20260122T101500Z-fase3")
     held.acquire()
-    try:
-        started = time.monotonic()
-        result = target.rollback("run", "fase2", "--yes")
-        took = time.monotonic() - started
+    try:  # the refused run returns while this test still holds the lock: it did not wait for it
+        result = target.rollback("run", "fase2", "--yes", timeout=HANG_LIMIT_S)
     finally:
         held.release()
-    assert result.returncode == 1 and took < REFUSAL_LIMIT_S, (took, result.stderr)
+    assert result.returncode == 1, result.stderr
     line = result.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
     name = f"rollback 20260122T101500Z-fase3 pid {os.getpid()} on {socket.gethostname()}"[:63]
@@ -160,12 +150,11 @@ def test_a_killed_runs_lock_is_not_taken_while_its_command_still_runs(tmp_path: 
     assert holder.returncode == -signal.SIGKILL, holder.stderr
     deploy = int(holder.stdout.split()[0])
     try:
-        started = time.monotonic()
         with pytest.raises(StepFailed, match=r"locked by run 20260122T101500Z-fase2 .*its process is "
                                              r"gone but a command it started .* still runs"):
             RepoLock(tmp_path, "20260122T101600Z-fase3", "fase3").acquire()
-        assert time.monotonic() - started < 1
-        assert is_held(tmp_path)
+        # refused while the command still runs and holds the lock: it did not wait for its end
+        assert psutil.pid_exists(deploy) and is_held(tmp_path)
     finally:
         os.kill(deploy, signal.SIGKILL)
     deadline = time.monotonic() + 10

@@ -24,7 +24,7 @@ from rollback.fase3 import parse_migration_objects
 from rollback.runs import dbops
 from rollback.validate import run_validation
 from tests.conftest import Sandbox
-from tests.test_drivers import make_target, state_of
+from tests.targets import make_target, state_of
 
 HOSTILE_SCHEMAS = [
     'rb"; DROP TABLE api_keys; --',

@@ -21,10 +21,9 @@ import pytest
 
 from checks._plugin.charts import latency_svg, ticks
 from checks.evidence import Series
-from checks.probe import USER_AGENT as CHECKS_AGENT
-from rollback.probes import USER_AGENT as MONITOR_AGENT
 from rollback.validate import TOOLKIT_ROOT, ValidationResult, run_validation
 from tests.conftest import Sandbox
+from tests.validations import failing_validation
 
 
 def rows(page: str) -> list[dict[str, Any]]:
@@ -40,20 +39,6 @@ def summary(page: str) -> str:
                       r'\s*<p class="run-count"', page, re.S)
     assert found, "no summary at the top of the report"
     return found.group(1)
-
-
-def put_back(box: Sandbox) -> None:
-    """The 500s we caused would fail the real-traffic check of later tests for 15 minutes."""
-    box.sql("DELETE FROM api_key_usage_logs WHERE user_agent IN (%s, %s)", (CHECKS_AGENT, MONITOR_AGENT))
-
-
-def failing_validation(box: Sandbox, reports_root: Path) -> ValidationResult:
-    """`rollback validate health` while every leads request answers 500."""
-    try:
-        with box.chaos(error_rate=1.0, paths=[box.profile.leads_path]):
-            return run_validation("health", reports_root=reports_root, env=box.env())
-    finally:
-        put_back(box)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ file (the crontab, the Kubernetes CronJobs, the GitHub workflow), run as separat
 processes against a broken sandbox, alerts exactly once, and its daily report job, run with
 the environment that scheduler gives it, shows the incident still open.
 
-Alerts travel through Apprise to a real webhook receiver on 127.0.0.1 (tests/test_monitor.py's),
+Alerts travel through Apprise to a real webhook receiver on 127.0.0.1 (tests/receivers.py),
 which also stands in for the Pushgateway.
 """
 
@@ -22,7 +22,7 @@ import yaml
 
 from rollback.probes import USER_AGENT
 from tests.conftest import Sandbox
-from tests.test_monitor import Receiver, receiver  # noqa: F401  (the receiver fixture)
+from tests.receivers import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 #: what the examples expect the scheduler's environment (a file, a Secret, secrets) to hold
@@ -133,7 +133,7 @@ def _with_pushgateway(argv: list[str], url: str) -> list[str]:
 
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_two_separate_one_cycle_runs_against_a_broken_sandbox_alert_exactly_once(
-    name: str, tistis_sandbox: Sandbox, receiver: Receiver, tmp_path: Path,  # noqa: F811
+    name: str, tistis_sandbox: Sandbox, receiver: Receiver, tmp_path: Path,
 ) -> None:
     scheduled = SCHEDULERS[name]()
     box = tistis_sandbox

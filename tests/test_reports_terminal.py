@@ -12,7 +12,7 @@ from rich.console import Console
 
 from rollback.demo import PhaseResult, print_closing
 from tests.conftest import Sandbox, run_cli
-from tests.test_reports import put_back
+from tests.validations import put_back
 
 DEEP = "/var/lib/ci/builds/a-long-project-name/run-20260122T101500Z/reports/20260122T101500Z-fase3"
 

@@ -449,10 +449,16 @@ def test_revert_one_phase_at_a_time_deploy_and_roll_back(tistis: Tistis) -> None
         assert "x-filtered-branch-id" not in ignored.headers
         assert control.status(tistis.state.root)["phases_deployed"] == []
 
-        started = time.monotonic()
+        root = tistis.state.root
+        before = vercel.deployments(root)
+        earlier_log = vercel.build_log(root, before[1].id)
+        built = earlier_log.stat().st_mtime_ns
         back = tistis.vercel("rollback")
         assert back.returncode == 0, back.stderr
-        assert time.monotonic() - started < 15
+        # a switch, not a build: no new deployment, the one before is production, its build as it was
+        assert vercel.deployments(root) == before
+        assert vercel.production(root) == before[1]
+        assert earlier_log.stat().st_mtime_ns == built
         # one deployment back: FASE 1 is there again, FASE 2 still not
         assert tistis.get(LEADS, params={"branch_id": "not-a-uuid"}).json()["code"] == "INVALID_BRANCH_ID"
         assert tistis.get(LEADS, key="branch").json()["total"] == tenant_total
@@ -502,14 +508,12 @@ def _processes_under(folder: Path) -> list[psutil.Process]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_cli_up_tistis_under_30_s_and_down_leaves_no_process(tmp_path: Path) -> None:
+def test_cli_up_tistis_then_down_leaves_no_process(tmp_path: Path) -> None:
+    # how long `up` takes is measured by `python -m bench --only startup`, not asserted here
     folder = tmp_path / "tistis-cli"
-    started = time.monotonic()
     up = run_cli("sandbox", "up", "--shape", "tistis", "--dir", str(folder), "--tenants", "5")
-    elapsed = time.monotonic() - started
     try:
         assert up.returncode == 0, up.stderr
-        assert elapsed < 30, f"up took {elapsed:.1f} s"
         state = control.require(folder)
         assert httpx.get(f"{state.api_base_url}/health").status_code == 308
         status = run_cli("sandbox", "status", "--dir", str(folder))

@@ -21,14 +21,15 @@ import pytest
 
 from rollback.runs.journal import Journal, StorageFault, all_runs, check_room, replay
 from tests.conftest import ROOT, Sandbox
-from tests.test_drivers import Target, _toml, git, make_target
+from tests.targets import Target, git, make_target, to_toml
 
 
 def _mount(*args: str) -> None:
     result = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        pytest.skip(f"cannot mount here ({result.stderr.strip() or result.returncode}): "
-                    "storage faults need a tmpfs or a bind mount (root)")
+        why = result.stderr.strip() or result.returncode
+        pytest.skip(f"STORAGE FAULT TESTS SKIPPED: cannot mount here ({why}): they need a tmpfs "
+                    "and a bind mount (root, CAP_SYS_ADMIN)")
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def fill(path: Path) -> None:
 def with_paths(target: Target, **paths: Path | float) -> Target:
     data = tomllib.loads(target.config.read_text())
     data["paths"] = {**data["paths"], **paths}
-    target.config.write_text(_toml(data))
+    target.config.write_text(to_toml(data))
     logs = Path(str(data["paths"]["logs_dir"]))
     return Target(target.box, target.config, logs, Path(str(data["paths"]["reports_dir"])))
 

@@ -19,7 +19,7 @@ import pytest
 from rollback.config import load_settings
 from rollback.monitor import store
 from tests.conftest import Sandbox, SandboxFactory
-from tests.test_drivers import Target, _toml, git
+from tests.targets import Target, git, to_toml
 
 
 def shared_target(box: Sandbox, folder: Path, shared: Path, name: str) -> Target:
@@ -31,7 +31,7 @@ def shared_target(box: Sandbox, folder: Path, shared: Path, name: str) -> Target
     data["gate"] = {"passes_required": 1, "deadline_s": 8, "interval_s": 0}
     data["run"] = {"retry_backoff_s": 0.1}
     config = folder / "rollback.toml"
-    config.write_text(_toml(data))
+    config.write_text(to_toml(data))
     return Target(box, config, shared / "logs", shared / "reports")
 
 
