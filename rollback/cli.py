@@ -165,11 +165,13 @@ def sandbox_down(root: Path) -> None:
 @click.option("-n", "--workers", metavar="N", help="Run the checks in parallel (pytest-xdist), e.g. auto.")
 @click.option("--reports", "reports_root", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the report (default: [paths] reports_dir, reports/).")
+@click.option("--allure", is_flag=True,
+              help="Also write Allure results (allure-results/ in the report folder).")
 @edge
 def validate(selection: str, gate: bool, expected_version: str | None, run_context: Path | None,
              warn_ms: float | None, alert_ms: float | None, max_error_rate: float | None,
              sample_size: int | None, allow_writes: bool, show_pii: bool, workers: str | None,
-             reports_root: Path | None) -> None:
+             reports_root: Path | None, allure: bool) -> None:
     """Run the checks of one phase, or all, into reports/<UTC timestamp>-<selection>/.
 
     Exit 0 healthy (warnings allowed), 1 a check failed, 2 bad usage.
@@ -178,6 +180,7 @@ def validate(selection: str, gate: bool, expected_version: str | None, run_conte
     Example:
       rollback validate fase2
       rollback validate all --expected-version 3f2c1e9 --warn-ms 300 -n auto
+      rollback validate fase2 --allure         # also allure-results/ for a CI server
     """
     from rollback.config import load_settings
     from rollback.validate import run_validation
@@ -200,7 +203,7 @@ def validate(selection: str, gate: bool, expected_version: str | None, run_conte
         result = run_validation(selection,  # type: ignore[arg-type]
                                 reports_root=reports_root or settings.paths.reports_dir,
                                 gate=gate, extra_args=extra, run_context=run_context,
-                                echo=sys.stdout)
+                                echo=sys.stdout, allure=allure)
     if result.usage_error:  # pytest said why it checked nothing, above; no "0 passed" summary
         sys.exit(result.exit_code)
     for check in result.checks:  # whole, one line each: pytest's summary cuts them to the width

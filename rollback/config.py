@@ -234,6 +234,8 @@ class GateSettings(_Section):
     passes_required: int = Field(default=2, ge=1, le=20)
     deadline_s: float = Field(default=300.0, gt=0)
     interval_s: float = Field(default=10.0, ge=0)
+    #: also write Allure results beside each attempt's HTML report (`allure-results/`)
+    allure: bool = False
 
     def __repr__(self) -> str:
         return (

@@ -12,6 +12,8 @@ or grows past MAX_RESPONSE_BYTES, ends as an `httpx.ReadTimeout`, which the prob
 
 from __future__ import annotations
 
+import functools
+import ssl
 import time
 from collections.abc import Iterator, Mapping
 
@@ -40,6 +42,13 @@ class _BoundedBody(httpx.SyncByteStream):
         self._inner.close()
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once per process: building it reads the whole
+    CA bundle (about 90 ms), which every client of the checks' session paid again."""
+    return httpx.create_ssl_context()
+
+
 class BoundedTransport(httpx.HTTPTransport):
     """Bounds a whole answer, body included, by `total_s` and MAX_RESPONSE_BYTES.
 
@@ -48,7 +57,7 @@ class BoundedTransport(httpx.HTTPTransport):
     """
 
     def __init__(self, total_s: float, limits: httpx.Limits | None = None) -> None:
-        super().__init__(limits=limits or httpx.Limits())
+        super().__init__(limits=limits or httpx.Limits(), verify=_tls_context())
         self.total_s = total_s
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

@@ -4,15 +4,18 @@
                             run_context=Path("logs/.../run-context.json"))
     result.exit_code   # 0 healthy (warnings allowed), 1 a check failed, 2 bad usage
 
-The suite runs as a `python -m pytest` subprocess from the toolkit's own directory (where the
-root conftest.py and pyproject.toml live), writing into `<reports_root>/<UTC timestamp>-<selection>/`:
+The suite runs in this process (`pytest.main`), from the toolkit's own directory (where the root
+conftest.py and pyproject.toml live), with only the plugins it uses, writing into
+`<reports_root>/<UTC timestamp>-<selection>/`:
 
     report.html       self-contained pytest-html report with evidence and latency charts
     junit.xml         JUnit XML; warnings are the properties verdict=warn and warning=<text>
-    allure-results/   Allure results (render with `allure serve`)
+    allure-results/   Allure results (render with `allure serve`), only with allure=True
     pytest.log        the console output
 
-Counts come from the JUnit file, so they are the same with or without `-n auto`.
+A second interpreter is started only where isolation needs one (see `_needs_subprocess`): with
+`-n` (pytest-xdist) and when called off the main thread. Counts come from the JUnit file, so
+they are the same with or without `-n auto`.
 
 Before pytest starts, the target must be configured (`checks.target.require_target`: no default
 URL, a TEST_API_KEY without whitespace), else ConfigError, exit 2, and not one request sent.
@@ -22,6 +25,7 @@ A phase's checks without a `run_context` use the last run of that phase against 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,11 +33,11 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 from rollback.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, load_settings
 from rollback.errors import UsageError
@@ -73,7 +77,8 @@ class ValidationResult:
     report_dir: Path
     html: Path
     junit_xml: Path
-    allure_results: Path
+    #: None unless Allure results were asked for (allure=True, `--allure`)
+    allure_results: Path | None
     log: Path
     duration_s: float
     checks: tuple[CheckResult, ...] = field(default=(), repr=False)
@@ -159,8 +164,62 @@ def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
         local = Path.cwd() / DEFAULT_CONFIG_FILE
         if local.is_file():
             merged[CONFIG_ENV] = str(local.resolve())
-    merged.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     return merged
+
+
+#: the variable that names a run context (checks._plugin.options.RUN_CONTEXT_ENV; not imported
+#: from there, so that the plugin is first imported by pytest, which rewrites its asserts)
+RUN_CONTEXT_ENV = "ROLLBACK_RUN_CONTEXT"
+#: the plugins the checks use, loaded by module (by entry-point name, `-p html` would have
+#: pytest try to rewrite the standard library's `html`): no other installed pytest plugin
+#: (hypothesis, anyio, ...) is imported, rewritten or asked to run its hooks
+PLUGINS = ("pytest_html.plugin", "pytest_metadata.plugin", "pytest_timeout")
+#: rollback's own modules import the one redactor, checks._plugin.redact, before the checks
+#: start; the package (a docstring) is then imported already, and its modules rewritten still
+_ALREADY_IMPORTED = ("ignore:Module already imported so cannot be rewritten; checks._plugin:"
+                     "pytest.PytestAssertRewriteWarning")
+
+
+def _wants_xdist(args: Sequence[str]) -> bool:
+    return any(a == "-n" or a.startswith(("-n", "--numprocesses", "--dist")) for a in args)
+
+
+def _needs_subprocess(args: Sequence[str]) -> bool:
+    """Where the checks cannot run in this process.
+
+    With `-n` the checks run in xdist's worker processes anyway (a second interpreter each, so
+    one more costs little), and its controller is kept in a process of its own: it waits for
+    its workers on exit and a lost worker must not hang or take down the caller, which the
+    subprocess's _stop can always end. Off the main thread, Ctrl-C, the run's timeout and
+    pytest-timeout's SIGALRM cannot reach the checks: they would run unbounded.
+    """
+    return _wants_xdist(args) or threading.current_thread() is not threading.main_thread()
+
+
+def _pytest_args(selection: str, html: Path, junit: Path, allure: Path | None, *, gate: bool,
+                 run_context: Path | None, extra_args: Sequence[str]) -> list[str]:
+    plugins = [*PLUGINS, *(["allure_pytest.plugin"] if allure else []),
+               *(["xdist.plugin"] if _wants_xdist(extra_args) else [])]
+    args = [
+        "checks", "-m", SELECTIONS[selection],
+        "--disable-plugin-autoload", *(a for name in plugins for a in ("-p", name)),
+        # no cache folder written; no gc.collect() twice at the end (0.1-0.3 s) to find the
+        # unraisable exceptions of test code: the checks are not the code under test
+        "-p", "no:cacheprovider", "-p", "no:unraisableexception",
+        "-W", _ALREADY_IMPORTED,
+        "--tb=short",
+        f"--html={html}", "--self-contained-html",
+        # xunit1: the family that keeps per-test <properties> (the warn verdict) in the file
+        f"--junitxml={junit}", "-o", "junit_family=xunit1",
+    ]
+    if allure is not None:
+        args.append(f"--alluredir={allure}")
+    if gate:
+        args.append("--gate")
+    if run_context is not None:
+        args.append(f"--run-context={run_context.resolve()}")
+    args.append("--no-last-run")  # looked for by run_validation, from the caller's directory
+    return args + list(extra_args)
 
 
 def _stop(process: subprocess.Popen[str], grace_s: float = 2.0) -> None:
@@ -179,6 +238,157 @@ def _stop(process: subprocess.Popen[str], grace_s: float = 2.0) -> None:
             continue
 
 
+def _in_subprocess(args: list[str], environment: dict[str, str], sink: TextIO,
+                   echo: TextIO | None, timeout_s: float | None) -> int:
+    environment = {**environment, "PYTHONDONTWRITEBYTECODE": environment.get(
+        "PYTHONDONTWRITEBYTECODE", "1")}
+    # umask 077: reports and logs quote response bodies; they are the owner's only (0600)
+    process = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=TOOLKIT_ROOT,
+                               env=environment, umask=0o077, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    timer = threading.Timer(timeout_s, _stop, (process,)) if timeout_s else None
+    if timer is not None:
+        timer.start()
+    try:
+        for line in process.stdout:
+            sink.write(line)
+            if echo is not None:
+                echo.write(line)
+        return process.wait()
+    except BaseException:  # Ctrl-C, SIGTERM (as KeyboardInterrupt): no check outlives us
+        # (pytest-xdist's workers end with their controller)
+        _stop(process)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+class _Tee:
+    """pytest's console, to pytest.log and to the caller's echo; not a terminal, as a pipe
+    was not (no colours)."""
+
+    def __init__(self, *files: TextIO | None) -> None:
+        self.files = [f for f in files if f is not None]
+        self.encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        for f in self.files:
+            f.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for f in self.files:
+            f.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _process_state(environment: Mapping[str, str]) -> Iterator[None]:
+    """For one in-process run, the process as the `python -m pytest` subprocess saw it: this
+    environment, the toolkit's directory, umask 077 (reports quote response bodies: owner only),
+    and, on the way out, the caller's back, with the SIGALRM timer pytest-timeout borrows (a
+    caller that is itself a timed pytest test keeps its own timeout)."""
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    alarm = signal.getsignal(signal.SIGALRM)
+    remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+    started = time.monotonic()
+    os.environ.clear()
+    os.environ.update(environment)
+    os.chdir(TOOLKIT_ROOT)
+    mask = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(mask)
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        signal.signal(signal.SIGALRM, alarm)
+        if remaining:
+            signal.setitimer(signal.ITIMER_REAL, max(remaining - (time.monotonic() - started), 0.001))
+
+
+class _Interrupted:
+    """A plugin that notes whether pytest's session was cut short by a KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        self.seen = self.seen or excinfo.errisinstance(KeyboardInterrupt)  # not pytest.exit()
+
+
+def _in_process(args: list[str], environment: dict[str, str], sink: TextIO,
+                echo: TextIO | None, timeout_s: float | None) -> int:
+    """pytest.main here: no second interpreter, and the imports this process has are reused.
+
+    Ctrl-C and SIGTERM (as KeyboardInterrupt, see sigterm_as_interrupt) stop the checks as they
+    stopped the subprocess: pytest writes its reports, then the KeyboardInterrupt goes on to the
+    caller. The timeout is a SIGINT to this thread: pytest stops and writes its reports, the
+    run counts as failed; a second one comes 2 s later if pytest has not returned by then.
+    """
+    import pytest
+
+    done, timed_out, lock = threading.Event(), threading.Event(), threading.Lock()
+    main = threading.main_thread().ident
+    assert main is not None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if timed_out.is_set():
+            if not done.is_set():
+                raise KeyboardInterrupt
+        elif callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    def stop_at_timeout() -> None:
+        assert timeout_s is not None
+        if done.wait(timeout_s):
+            return
+        timed_out.set()
+        for _ in range(3):
+            with lock:
+                if done.is_set():
+                    return
+                signal.pthread_kill(main, signal.SIGINT)
+            if done.wait(2.0):
+                return
+
+    interrupted = _Interrupted()
+    timer = threading.Thread(target=stop_at_timeout, name="validation-timeout", daemon=True) \
+        if timeout_s else None
+    tee = _Tee(sink, echo)
+    code: int
+    with _process_state(environment), contextlib.redirect_stdout(tee), \
+            contextlib.redirect_stderr(tee):  # type: ignore[type-var]
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            if timer is not None:
+                timer.start()
+            try:
+                code = int(pytest.main(args, plugins=[interrupted]))
+            except KeyboardInterrupt:  # a second one, while pytest was writing its reports
+                if not timed_out.is_set():
+                    raise
+                code = int(pytest.ExitCode.INTERRUPTED)
+            finally:
+                with lock:
+                    done.set()
+                if timer is not None:
+                    timer.join()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.seen and not timed_out.is_set():
+        raise KeyboardInterrupt  # the caller's Ctrl-C or SIGTERM: reports written, now stop
+    return code
+
+
 def run_validation(
     selection: Selection,
     *,
@@ -189,11 +399,13 @@ def run_validation(
     env: Mapping[str, str] | None = None,
     echo: TextIO | None = None,
     timeout_s: float | None = None,
+    allure: bool = False,
 ) -> ValidationResult:
     """Run the checks of `selection` and return the verdict; see the module docstring.
 
     env replaces os.environ for the run (the secrets come from it); echo receives the console
-    output as it comes; timeout_s bounds the whole run (each check is bounded anyway).
+    output as it comes; timeout_s bounds the whole run (each check is bounded anyway); allure
+    also writes allure-results/.
     Raises UsageError for an unknown selection or when the toolkit's checks are not on disk,
     ConfigError for a target that is not configured (before any request).
     """
@@ -202,7 +414,6 @@ def run_validation(
     if not (TOOLKIT_ROOT / "conftest.py").is_file() or not (TOOLKIT_ROOT / "checks").is_dir():
         raise UsageError(f"the validation suite is not at {TOOLKIT_ROOT} (conftest.py, checks/): "
                          "install the toolkit from its repository (pip install -e .)")
-    from checks._plugin.options import RUN_CONTEXT_ENV
     from checks.run_context import last_run
     from checks.target import require_target
 
@@ -221,23 +432,9 @@ def run_validation(
         report_dir = (reports_root / f"{stamp}-{selection}-{suffix}").resolve()
     report_dir.mkdir(parents=True, mode=0o700)
     html, junit = report_dir / "report.html", report_dir / "junit.xml"
-    allure, log = report_dir / "allure-results", report_dir / "pytest.log"
-    command = [
-        sys.executable, "-m", "pytest", "checks",
-        "-m", SELECTIONS[selection],
-        "-p", "no:randomly", "-p", "no:cacheprovider",
-        "--tb=short",
-        f"--html={html}", "--self-contained-html",
-        # xunit1: the family that keeps per-test <properties> (the warn verdict) in the file
-        f"--junitxml={junit}", "-o", "junit_family=xunit1",
-        f"--alluredir={allure}",
-    ]
-    if gate:
-        command.append("--gate")
-    if run_context is not None:
-        command.append(f"--run-context={run_context.resolve()}")
-    command.append("--no-last-run")  # looked for above, from the caller's directory
-    command += list(extra_args)
+    allure_dir, log = (report_dir / "allure-results" if allure else None), report_dir / "pytest.log"
+    args = _pytest_args(selection, html, junit, allure_dir, gate=gate, run_context=run_context,
+                        extra_args=extra_args)
     started = time.perf_counter()
     log.touch(mode=0o600)
     with log.open("w", encoding="utf-8") as sink:
@@ -245,26 +442,8 @@ def run_validation(
             sink.write(found.line + "\n")
             if echo is not None:
                 echo.write(found.line + "\n")
-        # umask 077: reports and logs quote response bodies; they are the owner's only (0600)
-        process = subprocess.Popen(command, cwd=TOOLKIT_ROOT, env=environment, umask=0o077,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert process.stdout is not None
-        timer = threading.Timer(timeout_s, _stop, (process,)) if timeout_s else None
-        if timer is not None:
-            timer.start()
-        try:
-            for line in process.stdout:
-                sink.write(line)
-                if echo is not None:
-                    echo.write(line)
-            code = process.wait()
-        except BaseException:  # Ctrl-C, SIGTERM (as KeyboardInterrupt): no check outlives us
-            # (pytest-xdist's workers end with their controller)
-            _stop(process)
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+        run = _in_subprocess if _needs_subprocess(extra_args) else _in_process
+        code = run(args, environment, sink, echo, timeout_s)
     checks = read_junit(junit)
     usage = None
     if code == 4:
@@ -278,7 +457,7 @@ def run_validation(
         report_dir=report_dir,
         html=html,
         junit_xml=junit,
-        allure_results=allure,
+        allure_results=allure_dir,
         log=log,
         duration_s=time.perf_counter() - started,
         checks=checks,

@@ -1,8 +1,9 @@
 """The validation suite as a whole against the real sandbox, of both shapes: verdicts, gate,
 reports, xdist, usage.
 
-Each test runs the suite the way the CLI does, through `rollback.validate.run_validation` (a
-`python -m pytest` subprocess), and reads the verdicts back from its JUnit file.
+Each test runs the suite the way the CLI does, through `rollback.validate.run_validation`
+(`pytest.main` in the test's process; with `-n`, a `python -m pytest` subprocess), and reads
+the verdicts back from its JUnit file.
 """
 
 from __future__ import annotations
@@ -117,12 +118,13 @@ def test_xdist_gives_the_same_verdicts(any_sandbox: Sandbox, tmp_path: Path) -> 
 
 def test_reports_hold_no_secret(any_sandbox: Sandbox, tmp_path: Path) -> None:
     env = any_sandbox.env()
-    result = run_validation("all", reports_root=tmp_path, env=env, extra_args=["-l"])
+    result = run_validation("all", reports_root=tmp_path, env=env, extra_args=["-l"], allure=True)
     secrets = [env["TEST_API_KEY"], env["TEST_BRANCH_API_KEY"], env["TEST_REVOKED_API_KEY"],
                env["TEST_EXPIRED_API_KEY"], urllib.parse.urlsplit(env["DATABASE_URL"]).password]
     assert all(secrets)
     files = [p for p in result.report_dir.rglob("*") if p.is_file()]
     assert result.html in files and result.junit_xml in files and result.log in files
+    assert result.allure_results is not None
     assert any(p.parent == result.allure_results for p in files)
     for path in files:
         text = path.read_text(errors="replace")

@@ -335,12 +335,13 @@ class Baseline(Step):
             samples = probes.sample_endpoints(client, run.settings.require_api_key(),
                                               run.settings.platform.endpoints,
                                               n, pool=pool)
-        p95 = {s.path: round(s.p95_ms, 1) for s in samples if s.p95_ms is not None}
+        p95 = {s.path: round(s.p95_ms, 1) for s in samples
+               if s.p95_ms is not None and math.isfinite(s.p95_ms)}
         rate = probes.error_rate(samples)
         parts = [f"{path} p95 {value:.0f} ms" for path, value in p95.items()]
         for s in samples:
-            if s.p95_ms is None:
-                parts.append(f"{s.path}: no successful answer ({s.outcomes})")
+            if s.path not in p95:
+                parts.append(f"{s.path}: no p95 to compare with ({s.labels})")
         return Done("; ".join(parts) + f"; error rate {rate:.1%}",
                     {"baseline": {"p95_ms": p95, "error_rate": round(rate, 4),
                                   "requests": sum(s.requests for s in samples),
@@ -757,7 +758,8 @@ class Gate(Step):
                           f"{gate.passes_required} time(s) in a row or {gate.deadline_s:g} s have "
                           f"passed ({gate.interval_s:g} s apart)"
                           + (", one phase after the other" if len(phases) > 1 else ""),
-                          f"reports (HTML, JUnit, Allure) under {run.report_dir / 'gate'}"],
+                          f"reports (HTML, JUnit{', Allure' if gate.allure else ''}) under "
+                          f"{run.report_dir / 'gate'}"],
                          {"selection": " or ".join(phases), "passes_required": gate.passes_required,
                           "deadline_s": gate.deadline_s})
 
@@ -800,7 +802,7 @@ class Gate(Step):
         while True:
             attempts += 1
             last = run_validation(phase, reports_root=reports,  # type: ignore[arg-type]
-                                  gate=True, run_context=context,
+                                  gate=True, run_context=context, allure=gate.allure,
                                   timeout_s=max(30.0, deadline - time.monotonic() + 60))
             passed = last.exit_code == 0
             streak = streak + 1 if passed else 0
@@ -819,7 +821,8 @@ class Gate(Step):
                 "required": gate.passes_required, "failed_checks": failing,
                 "passed_checks": last.passed, "warnings": last.warned,
                 "report": str(last.html), "junit": str(last.junit_xml),
-                "allure": str(last.allure_results), "report_dir": str(last.report_dir),
+                "allure": str(last.allure_results) if last.allure_results else None,
+                "report_dir": str(last.report_dir),
                 "history": history, "run_context": str(context)}
 
 
