@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -24,13 +25,17 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from checks._plugin.verdicts import Inconclusive, NothingSeen
 from checks.evidence import Evidence
 from checks.expect import (
+    decide_error_rate,
     error_rate_verdict,
     expect_error_body,
     expect_error_rate,
+    expect_json,
     expect_latency,
     expect_list_shape,
+    expect_no_rows,
     expect_own_tenant,
     expect_status,
+    expect_total,
     wilson_interval,
 )
 from checks.probe import Budget, Outcome, Pacer, Sample
@@ -50,16 +55,39 @@ Failed = pytest.fail.Exception
 def judged(call: Any) -> tuple[str, str]:
     """What a verdict function said: ("pass", ""), ("fail", its message), ("saw nothing", ...)
     or ("inconclusive", ...). Never a skip of this test: a weakened verdict that skips where it
-    must fail would otherwise pass here as "skipped"."""
+    must fail would otherwise pass here as "skipped".
+
+    How it said it is checked too: a failure is its message alone (`pytrace=False`), and every
+    frame of checks/expect.py it came through is hidden from the traceback the person on call
+    reads (`__tracebackhide__`, as pytest looks it up)."""
     try:
         call()
     except NothingSeen as exc:
+        _hidden(exc)
         return "saw nothing", str(exc.msg)
     except Inconclusive as exc:
+        _hidden(exc)
         return "inconclusive", str(exc.msg)
     except Failed as exc:
+        _hidden(exc)
+        assert exc.pytrace is False, "a verdict's failure must be its message, not a traceback"
         return "fail", str(exc.msg)
     return "pass", ""
+
+
+def _hidden(exc: BaseException) -> None:
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("checks", "expect.py")):
+            frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    # under mutmut a function's body runs as x_<name>__mutmut_<n>, called by a wrapper that
+    # keeps the public name: the bodies are what carry __tracebackhide__
+    bodies = [f for f in frames if "__mutmut_" in f.f_code.co_name] or frames
+    for frame in bodies:
+        assert frame.f_locals.get("__tracebackhide__") is True, (
+            f"{frame.f_code.co_name} shows its own frame in the check's traceback")
 
 
 def response(status: int, body: Any = None, path: str = "/v1/leads",
@@ -308,3 +336,229 @@ def test_a_later_window_replaces_the_counts_and_a_stale_answer_does_not_raise_th
     assert pacer.remaining == 10
     pacer.observe(_limits(99, 90))  # the next window
     assert pacer.remaining == 99
+
+
+# --- every message and every piece of evidence, word for word --------------------------------------
+# What the person on call reads is the verdict's other half: each failing branch once, exactly.
+
+_FULL = dict.fromkeys(LEADS.fields, "x")
+_NO_EMAIL = {k: v for k, v in _FULL.items() if k != "email"}
+_NO_EMAIL_OR_PHONE = {k: v for k, v in _FULL.items() if k not in ("email", "phone")}
+_NOT_JSON = httpx.Response(200, text="<html>", request=httpx.Request("GET", "http://api.test/v1/leads"))
+_CONTRACT = "GET /v1/leads 401 body breaks the error contract ("
+_CLIENTS = "): clients parsing errors will break; body: "
+
+
+@pytest.mark.parametrize(("call", "said"), [
+    (lambda: expect_status(response(500, {"error": "x"}), 200, "broken"),
+     'GET /v1/leads answered 500, expected 200: broken; body: {"error":"x"}'),
+    (lambda: expect_status(response(500, {"error": "x"}), 200),
+     'GET /v1/leads answered 500, expected 200; body: {"error":"x"}'),
+    (lambda: expect_json(_NOT_JSON), "GET /v1/leads answered 200 with a body that is not JSON: <html>"),
+    (lambda: expect_error_body(response(401, [1]), 401, "U"),
+     f"{_CONTRACT}keys list, expected exactly ['code', 'error']{_CLIENTS}[1]"),
+    (lambda: expect_error_body(response(401, {"code": "U", "x": 1}), 401, "U"),
+     f"{_CONTRACT}keys ['code', 'x'], expected exactly ['code', 'error']{_CLIENTS}" '{"code":"U","x":1}'),
+    (lambda: expect_error_body(response(401, {"error": 3, "code": 5}), 401, None),
+     f"{_CONTRACT}error 3 is not a non-empty text; code 5 is not a text{_CLIENTS}" '{"error":3,"code":5}'),
+    (lambda: expect_error_body(response(401, {"error": "", "code": "V"}), 401, "U"),
+     f"{_CONTRACT}error '' is not a non-empty text; code 'V', expected 'U'{_CLIENTS}"
+     '{"error":"","code":"V"}'),
+    (lambda: expect_list_shape(response(500, {}), LEADS),
+     "GET /v1/leads answered 500, expected 200: the leads list is broken for clients; body: {}"),
+    (lambda: expect_list_shape(response(200, [1]), LEADS),
+     "GET /v1/leads: list body has keys list, missing ['data', 'filters', 'page', 'pageSize', "
+     "'total']: clients reading the list contract will break"),
+    (lambda: expect_list_shape(response(200, {"data": [], "total": 0}), LEADS),
+     "GET /v1/leads: list body has keys ['data', 'total'], missing ['filters', 'page', 'pageSize']: "
+     "clients reading the list contract will break"),
+    (lambda: expect_list_shape(response(200, _list(data={}, total="1")), LEADS),
+     "GET /v1/leads: data is dict and total is str, expected a list and an integer"),
+    # each missing field counted over the records that lack it; a record that is no object lacks all
+    (lambda: expect_list_shape(response(200, _list(data=[_NO_EMAIL, _NO_EMAIL_OR_PHONE, _FULL, "junk"])),
+                               LEADS),
+     "GET /v1/leads: leads records lack fields branch_id (in 1), classification (in 1), created_at "
+     "(in 1), email (in 3), id (in 1), name (in 1), phone (in 2), source (in 1), status (in 1), "
+     "tenant_id (in 1), updated_at (in 1) of 4 records"),
+    (lambda: expect_total(response(404, {"total": 3})),
+     'GET /v1/leads answered 404, expected 200; body: {"total":3}'),
+    (lambda: expect_own_tenant([{"id": i, "tenant_id": t} for i, t in
+                                enumerate(["t1", "t2", "t3", "t4", "t5", None])] + [{"id": 9}],
+                               "t1", "GET /v1/leads"),
+     "TENANT DATA LEAK: 6 of 7 records from GET /v1/leads belong to other tenants (None, t2, t3), "
+     "e.g. ids 1, 2, 3; the key's tenant is t1. Treat as a security incident."),
+    (lambda: expect_no_rows([(1, "a")] * 5, "orphan rows", "they point nowhere"),
+     "5 orphan rows: they point nowhere. Examples: 1, a; 1, a; 1, a; 1, a; 1, a"),
+    (lambda: expect_no_rows([(i, "a") for i in range(7)], "orphan rows", "they point nowhere"),
+     "7 orphan rows: they point nowhere. Examples: 0, a; 1, a; 2, a; 3, a; 4, a (and 2 more)"),
+])
+def test_each_failure_says_what_failed_where_and_what_it_means(call: Any, said: str) -> None:
+    assert judged(call) == ("fail", said)
+
+
+def test_no_records_to_check_for_their_tenant_saw_nothing() -> None:
+    assert judged(lambda: expect_own_tenant([], "t1", "GET /v1/leads")) == (
+        "saw nothing", "saw nothing: GET /v1/leads returned no records, so none could be checked "
+        "for its tenant; use a TEST_API_KEY whose tenant has data")
+    assert judged(lambda: expect_own_tenant(iter([]), "t1", "x", require=False)) == ("pass", "")
+
+
+def test_a_tenant_id_is_compared_as_text_and_records_may_come_as_an_iterator() -> None:
+    tenant = uuid.UUID(int=1)
+    assert judged(lambda: expect_own_tenant([{"tenant_id": tenant}], str(tenant), "x")) == ("pass", "")
+    said, message = judged(lambda: expect_own_tenant(iter([{"id": 1, "tenant_id": "t2"}]), "t1", "x"))
+    assert said == "fail" and message.startswith("TENANT DATA LEAK: 1 of 1 records from x")
+
+
+@pytest.mark.parametrize(("body", "verdict"), [
+    ({"total": 3}, 3), ({"total": 0}, 0),
+    ({"total": True}, "GET /v1/leads: total is True, expected an integer"),   # a bool is no count
+    ({"total": "3"}, "GET /v1/leads: total is '3', expected an integer"),
+    ({"total": 3.0}, "GET /v1/leads: total is 3.0, expected an integer"),
+    ({}, "GET /v1/leads: total is None, expected an integer"),
+    ([3], "GET /v1/leads: total is None, expected an integer"),
+])
+def test_a_total_is_an_integer(body: Any, verdict: int | str) -> None:
+    if isinstance(verdict, int):
+        assert expect_total(response(200, body)) == verdict
+        return
+    assert judged(lambda: expect_total(response(200, body))) == ("fail", verdict)
+
+
+@pytest.mark.parametrize("rows", [[], ()])
+def test_no_rows_pass(rows: Any) -> None:
+    assert judged(lambda: expect_no_rows(rows, "orphan rows", "m")) == ("pass", "")
+
+
+def test_a_body_that_is_json_is_returned_as_parsed() -> None:
+    assert expect_json(response(200, {"a": [1]})) == {"a": [1]}
+
+
+_SLOW = "clients see slow responses; look for a slow query, a missing index or an overloaded database"
+
+
+def test_latency_evidence_and_messages_over_alert_with_a_timeout() -> None:
+    path = "/v1/leads"
+    answered = tuple(Outcome(path, path, 200, float(ms)) for ms in range(100, 2000, 100))
+    sample = Sample(path, (*answered, Outcome(path, path, None, 10_000.0, "ReadTimeout: timed out"),
+                           Outcome(path, path, 429, 1.0)))
+    evidence = Evidence()
+    assert judged(lambda: expect_latency(sample, Thresholds(warn_ms=500, alert_ms=1000), evidence)) == (
+        "fail", f"p95 1900 ms > alert 1000 ms over 20 requests to /v1/leads (1 timed out): {_SLOW}")
+    assert evidence.values == {"p95": "1900 ms", "requests": 20, "timed_out": 1,
+                               "statuses": {"200": 19, "no answer": 1, "429": 1},
+                               "max_answered_ms": 1900.0}
+    assert [(s.name, s.values_ms, s.warn_ms, s.alert_ms, s.p95_ms) for s in evidence.series] == [
+        (path, tuple(float(ms) for ms in range(100, 2000, 100)), 500.0, 1000.0, 1900.0)]
+    assert evidence.warnings == []
+
+
+def test_latency_beyond_the_timeout_is_said_so_and_charted_without_a_p95() -> None:
+    path = "/v1/leads"
+    sample = Sample(path, (Outcome(path, path, 200, 12.34),
+                           *[Outcome(path, path, None, 10_000.0, "ReadTimeout: timed out")] * 2))
+    evidence = Evidence()
+    assert judged(lambda: expect_latency(sample, Thresholds(warn_ms=500, alert_ms=1000), evidence)) == (
+        "fail", f"p95 beyond the request timeout > alert 1000 ms over 3 requests to /v1/leads "
+        f"(2 timed out): {_SLOW}")
+    assert evidence.values["p95"] == "beyond the request timeout"
+    assert evidence.values["max_answered_ms"] == 12.3
+    assert [(s.values_ms, s.p95_ms) for s in evidence.series] == [((12.34,), None)]
+
+
+def test_latency_between_warn_and_alert_passes_with_its_warning() -> None:
+    path = "/v1/leads"
+    sample = Sample(path, tuple(Outcome(path, path, 200, ms) for ms in (100.0, 620.44, 700.0)))
+    evidence = Evidence()
+    assert judged(lambda: expect_latency(sample, Thresholds(warn_ms=500, alert_ms=1000), evidence)) == (
+        "pass", "")
+    assert evidence.warnings == ["p95 700 ms > warn 500 ms over 3 requests to /v1/leads (alert at 1000 ms)"]
+    assert evidence.values == {"p95": "700 ms", "requests": 3, "timed_out": 0, "statuses": {"200": 3},
+                               "max_answered_ms": 700.0}
+
+
+def test_latency_with_nothing_answered_fails_naming_the_first_error() -> None:
+    path = "/v1/leads"
+    sample = Sample(path, (Outcome(path, path, None, 0.0, "ConnectError: refused"),
+                           Outcome(path, path, 500, 3.0, body="boom")))
+    said, message = judged(lambda: expect_latency(sample, Thresholds(), Evidence()))
+    assert said == "fail" and message.startswith("no request to /v1/leads could be timed")
+    assert message.endswith("({'no answer': 1, '500': 1}): ConnectError: refused")
+
+
+def _error_rate_sample() -> dict[str, list[Outcome]]:
+    a = [Outcome("/a", "http://x/a", None, 10_000.0, "ReadTimeout: timed out"),
+         Outcome("/a", "http://x/a", None, 0.0, "NotSent (the API was found down by test_x)"),
+         Outcome("/a", "http://x/a", None, 5.0, None),
+         *[Outcome("/a", "http://x/a", 503, 2.0, body="busy") for _ in range(4)],
+         *[Outcome("/a", "http://x/a", 200, 1.0) for _ in range(3)]]
+    return {"/a": a, "/b": [Outcome("/b", "http://x/b", 200, 1.0) for _ in range(10)]}
+
+
+def test_an_error_rate_failure_counts_each_kind_and_shows_the_first_five_requests() -> None:
+    evidence = Evidence()
+    assert judged(lambda: expect_error_rate(_error_rate_sample(), 0.05, "requests", evidence)) == (
+        "fail", "error rate 35.0% >= limit 5.0% (7 of 20 requests failed: 4x 503, 1x NotSent (the API "
+        "was found down by test_x), 1x ReadTimeout, 1x no answer; per endpoint /a: 7 of 10 (70.0%)); "
+        "first: GET /a -> ReadTimeout: timed out")
+    assert evidence.values == {"error_rate": "35.0%", "failed": 7, "requests": 20,
+                               "/a failed": "7 of 10", "/b failed": "0 of 10"}
+    assert [(r.method, r.url, r.status, r.elapsed_ms, r.body) for r in evidence.requests] == [
+        ("GET", "http://x/a", "no answer", 10_000.0, "ReadTimeout: timed out"),
+        ("GET", "http://x/a", "not sent", 0.0, "NotSent (the API was found down by test_x)"),
+        ("GET", "http://x/a", "no answer", 5.0, ""),
+        ("GET", "http://x/a", 503, 2.0, "busy"),
+        ("GET", "http://x/a", 503, 2.0, "busy")]
+
+
+def test_an_error_rate_failure_names_the_first_answer_with_its_body() -> None:
+    samples = {"/a": outcomes("/a", 10, 10)}
+    assert judged(lambda: expect_error_rate(samples, 0.05, "requests", Evidence())) == (
+        "fail", "error rate 50.0% >= limit 5.0% (10 of 20 requests failed: 10x 500; per endpoint "
+        "/a: 10 of 20 (50.0%)); first: GET /a -> 500 boom")
+
+
+def test_an_endpoint_over_the_limit_is_named_with_each_other_one_over_it() -> None:
+    samples = {"/a": outcomes("/a", 30, 70), "/b": outcomes("/b", 0, 900), "/c": outcomes("/c", 40, 860)}
+    assert judged(lambda: expect_error_rate(samples, 0.05, "requests", Evidence())) == (
+        "fail", "error rate 3.7% overall, but over the limit 5.0% at /a: 30 of 100 (30.0%) (70 of 1900 "
+        "requests failed: 70x 500); first: GET /a -> 500 boom")
+
+
+def test_an_error_rate_over_only_429s_says_so() -> None:
+    assert judged(lambda: expect_error_rate({"/a": outcomes("/a", 0, 0, limited=3)}, 0.05,
+                                            "health checks", Evidence())) == (
+        "saw nothing", "saw nothing: no request of the health checks got an answer that is not a "
+        "429 (rate limited)")
+
+
+def test_the_sampler_asks_the_verdict_without_final() -> None:
+    for failed, total in [(0, 20), (0, 130), (20, 100), (20, 400), (1, 1)]:
+        assert decide_error_rate(failed, total, 0.05) == error_rate_verdict(failed, total, 0.05)
+    assert error_rate_verdict(20, 400, 0.05) == "undecided"   # final is off unless asked
+    assert decide_error_rate(20, 400, 0.05) == "undecided"
+    assert decide_error_rate(40, 400, 0.05) == "fail" and decide_error_rate(8, 400, 0.05) == "pass"
+
+
+@pytest.mark.parametrize(("failed", "early", "final"), [
+    (0, "undecided", "pass"),   # one good answer cannot tell 0% from 5% ...
+    (1, "fail", "fail"),        # ... one failure of one is surely over 5% (99% interval from 13%)
+])
+def test_one_request_is_judged_too(failed: int, early: str, final: str) -> None:
+    assert error_rate_verdict(failed, 1, 0.05) == early
+    assert error_rate_verdict(failed, 1, 0.05, final=True) == final
+
+
+def test_the_wilson_interval_of_nothing_is_everything_and_of_one_is_not() -> None:
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(1, 1)
+    assert 0.0 < low < 0.5 and high == pytest.approx(1.0)
+
+
+@given(st.integers(1, 2000), st.data())
+def test_the_wilson_interval_of_failures_mirrors_that_of_successes(total: int, data: Any) -> None:
+    failed = data.draw(st.integers(0, total))
+    low, high = wilson_interval(failed, total)
+    mirror_low, mirror_high = wilson_interval(total - failed, total)
+    assert low == pytest.approx(1 - mirror_high, abs=1e-9)
+    assert high == pytest.approx(1 - mirror_low, abs=1e-9)
