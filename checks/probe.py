@@ -26,9 +26,7 @@ import math
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +35,23 @@ import pytest
 
 from checks._plugin.verdicts import inconclusive
 from checks.evidence import Evidence, excerpt
+from rollback import probes
 from rollback.http import BoundedTransport
-from rollback.probes import percentile
+from rollback.probes import Outcome, Sample
 
-MAX_WORKERS = 8
+__all__ = [
+    "Breaker",
+    "Budget",
+    "CheckClient",
+    "Outcome",
+    "Pacer",
+    "Sample",
+    "cache_buster",
+    "get",
+    "make_room",
+    "sample",
+    "sample_until_decided",
+]
 #: every validation request says who it is, so the real-traffic checks can leave them out
 USER_AGENT = "rollback-toolkit-validation"
 #: the share of a check's timeout its requests may use, waits included: the rest is its margin
@@ -420,84 +431,13 @@ def _again(attempts: Sequence[httpx.Response | Exception], budget: Budget, timeo
             and resampling_s < RESAMPLE_S)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One request of a sample: its status, or the transport error that replaced it."""
-
-    path: str
-    url: str
-    status: int | None
-    elapsed_ms: float
-    error: str | None = None
-    body: str = ""
-
-    @property
-    def timed_out(self) -> bool:
-        return self.error is not None and "Timeout" in self.error
-
-    @property
-    def failed(self) -> bool:
-        """A server error, a timeout or a failed connection: what the error rate counts."""
-        return self.status is None or self.status >= 500
-
-    @property
-    def rate_limited(self) -> bool:
-        """A 429: the toolkit's own key was over its limit; it says nothing about the system."""
-        return self.status == 429
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: str
-    outcomes: tuple[Outcome, ...]
-
-    @property
-    def judged(self) -> tuple[Outcome, ...]:
-        """The outcomes that say something about the system: all but the 429s."""
-        return tuple(o for o in self.outcomes if not o.rate_limited)
-
-    @property
-    def size(self) -> int:
-        return len(self.judged)
-
-    @property
-    def latencies_ms(self) -> list[float]:
-        """Time to each answer; a request that timed out counts as infinitely slow, one not
-        sent (its path already found failing) not at all."""
-        return [math.inf if o.timed_out else o.elapsed_ms for o in self.judged
-                if not (o.error or "").startswith("NotSent")]
-
-    @property
-    def p95_ms(self) -> float:
-        """May be infinite: more than 5% of the sample got no answer in time (or none was
-        sent)."""
-        latencies = self.latencies_ms
-        return percentile(latencies, 95) if latencies else math.inf
-
-    @property
-    def failures(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.failed]
-
-    @property
-    def rate_limited(self) -> int:
-        return sum(1 for o in self.outcomes if o.rate_limited)
-
-    @property
-    def statuses(self) -> dict[str, int]:
-        return dict(Counter(str(o.status) if o.status else "no answer" for o in self.outcomes))
-
-    @property
-    def timeouts(self) -> int:
-        return sum(1 for o in self.outcomes if o.timed_out)
-
-    def plus(self, more: Sample) -> Sample:
-        return Sample(self.path, self.outcomes + more.outcomes)
-
-
 def _once(client: httpx.Client, path: str, *, may_wait: bool = True) -> Outcome:
+    """One request of a sample, as the checks send it: held back when the breaker knows the path
+    failing (counted as failed; a hung path as no answer in time), told to the breaker, and
+    waited for once when the key's rate-limit window is spent."""
     breaker = client.breaker if isinstance(client, CheckClient) else None
     refused = breaker.refuse(path) if breaker is not None else None
-    if refused is not None:  # counted as failed (a hung path: as no answer in time), unsent
+    if refused is not None:
         kind = "Timeout" if breaker is not None and path in breaker.hung else "NotSent"
         return Outcome(path, f"{client.base_url}{path}", None, 0.0, f"{kind} ({refused})")
     started = time.perf_counter()
@@ -506,8 +446,8 @@ def _once(client: httpx.Client, path: str, *, may_wait: bool = True) -> Outcome:
     except httpx.TransportError as exc:
         if breaker is not None:
             breaker.saw(path, exc)
-        return Outcome(path, f"{client.base_url}{path}", None,
-                       (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}")
+        return Outcome.unanswered(path, f"{client.base_url}{path}", exc,
+                                  (time.perf_counter() - started) * 1000)
     elapsed_s = time.perf_counter() - started
     if breaker is not None and response.status_code >= 500 and elapsed_s >= RESAMPLE_S:
         breaker.slow_error(path, f"GET {path} answered {response.status_code} after "
@@ -516,17 +456,14 @@ def _once(client: httpx.Client, path: str, *, may_wait: bool = True) -> Outcome:
     if wait is not None:  # the key's window is spent: wait for it once, within the deadline
         time.sleep(wait)
         return _once(client, path, may_wait=False)
-    return Outcome(path, str(response.request.url), response.status_code,
-                   (time.perf_counter() - started) * 1000,
-                   body=excerpt(response) if response.status_code >= 400 else "")
+    return Outcome.answered(path, response, elapsed_s * 1000,
+                            body=excerpt(response) if response.status_code >= 400 else "")
 
 
 def sample(client: httpx.Client, paths: Sequence[str], size: int) -> dict[str, Sample]:
-    """`size` GETs to each path, interleaved and concurrent (MAX_WORKERS at a time)."""
-    order = [path for _ in range(size) for path in paths]
-    with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(order))) as pool:
-        outcomes = list(pool.map(lambda path: _once(client, path), order))
-    return {path: Sample(path, tuple(o for o in outcomes if o.path == path)) for path in paths}
+    """`size` GETs to each path, interleaved and concurrent: the one sampler
+    (`rollback.probes.sample`) sending each request as the checks do (`_once`)."""
+    return probes.sample(paths, size, lambda path: _once(client, path))
 
 
 #: the most requests the error-rate check sends in all, its first sample included

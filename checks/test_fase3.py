@@ -190,6 +190,9 @@ def test_p95_within_expected_slowdown(endpoint: str, endpoint_samples: dict[str,
         inconclusive(f"no baseline p95 for {path} in the run context: nothing to compare with")
     limit = suite.thresholds.fase3_max_slowdown
     measured = endpoint_samples[path].p95_ms  # infinite if requests timed out: fails below
+    if measured is None:
+        pytest.fail(f"no request to {path} answered successfully ({endpoint_samples[path].statuses}):"
+                    " no p95 to compare with the pre-rollback one", pytrace=False)
     ratio = measured / baseline
     evidence.record(p95_ms=round(measured, 1), baseline_p95_ms=baseline, ratio=round(ratio, 2),
                     max_ratio=limit)

@@ -1,8 +1,10 @@
 """Small measurements of the target, each returning a typed result with the values it measured.
 
     probe_api_health(client)                 -> ApiHealth       GET /health: up? database? version?
-    sample_endpoints(client, key, paths, n)  -> EndpointSample  n concurrent GETs per path:
+    sample_endpoints(client, key, paths, n)  -> [Sample]        n concurrent GETs per path:
                                                                 p50/p95, errors, rate limiting
+    sample(paths, n, send)                   -> {path: Sample}  the one sampler, which the
+                                                                checks use too (checks/probe.py)
     probe_database(url, timeout_s)           -> DatabaseProbe   connect time and SELECT 1, read-only
 
 They never raise for what they measure (a refused connection is a result, not an exception),
@@ -11,8 +13,9 @@ second: the continuous monitor calls them each cycle instead of starting pytest,
 pytest checks may call the same functions.
 
 Error rate, as the guide's alert trigger counts it: server errors (5xx), timeouts and failed
-connections over all requests of a sample. A 429 is the probe's own rate limit being spent, not
-the API failing: it is counted apart (`rate_limited`) and tells the operator to slow down.
+connections over the requests of a sample but its 429s. A 429 is the probe's own rate limit
+being spent, not the API failing: it is counted apart (`rate_limited`) and tells the operator
+to slow down. Latency is the time to the successful answers, a timeout infinitely slow.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import httpx
 import psycopg
@@ -33,12 +36,14 @@ from rollback.profile import HealthShape, Profile, VersionUnknown, deployed_vers
 __all__ = [
     "ApiHealth",
     "DatabaseProbe",
-    "EndpointSample",
-    "Request",
+    "Outcome",
+    "Sample",
     "error_rate",
     "percentile",
     "probe_api_health",
     "probe_database",
+    "request",
+    "sample",
     "sample_endpoints",
 ]
 
@@ -143,19 +148,60 @@ def probe_served(client: httpx.Client, profile: Profile, api_base_url: str) -> A
                      result.database, version, result.reason)
 
 
-# --- latency and error rate --------------------------------------------------------------------
+# --- latency and error rate: the one sampler -----------------------------------------------------
+#
+# The checks (checks/probe.py, with their breaker and pacing) and the monitor both sample
+# through `sample()` into `Sample`s, and judge them by the same rules:
+#
+# - latency is the time to each successful (2xx) answer; a request that got no answer in time
+#   counts as infinitely slow; server errors, other answers (401, 404, ...), 429s and requests
+#   not sent are not timed: the error rate and the status checks judge those;
+# - percentiles by nearest rank (`percentile`): a value of the sample, never interpolated;
+# - the error rate counts server errors (5xx), timeouts and failed connections over the
+#   requests that say something about the system: all but the 429s (the sampler's own key over
+#   its limit).
+
+MAX_WORKERS = 8
 
 
 @dataclass(frozen=True)
-class Request:
+class Outcome:
     """One GET of a sample: its status, or the transport error that replaced it."""
 
     path: str
+    url: str
+    status: int | None
     elapsed_ms: float
-    status: int | None = None
-    error: str | None = None  # 'timeout', 'connection refused', ...
+    #: 'ReadTimeout: timed out', 'ConnectError: ...', or 'NotSent (why)' for a request the
+    #: checks' breaker held back
+    error: str | None = None
+    body: str = ""  # an excerpt of an answer >= 400
     cache_hit: bool = False
     rate_limit: int | None = None  # X-RateLimit-Limit, per minute
+
+    @classmethod
+    def answered(cls, path: str, response: httpx.Response, elapsed_ms: float, body: str = ""
+                 ) -> Outcome:
+        limit = response.headers.get("X-RateLimit-Limit")
+        return cls(path, str(response.request.url), response.status_code, elapsed_ms, body=body,
+                   cache_hit=response.headers.get("X-Cache", "").upper() == "HIT",
+                   rate_limit=int(limit) if limit and limit.isdigit() else None)
+
+    @classmethod
+    def unanswered(cls, path: str, url: str, exc: BaseException, elapsed_ms: float) -> Outcome:
+        return cls(path, url, None, elapsed_ms, f"{type(exc).__name__}: {exc}"[:300])
+
+    @property
+    def timed_out(self) -> bool:
+        return self.error is not None and "Timeout" in self.error
+
+    @property
+    def sent(self) -> bool:
+        return not (self.error or "").startswith("NotSent")
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
 
     @property
     def failed(self) -> bool:
@@ -163,77 +209,148 @@ class Request:
         return self.status is None or self.status >= 500
 
     @property
-    def outcome(self) -> str:
-        return (self.error or "no answer") if self.status is None else f"HTTP {self.status}"
+    def rate_limited(self) -> bool:
+        """A 429: the sampler's own key was over its limit; it says nothing about the system."""
+        return self.status == 429
+
+    @property
+    def label(self) -> str:
+        """As an operator reads it: 'HTTP 200', 'timeout', 'connection refused', 'not sent'."""
+        if self.status is not None:
+            return f"HTTP {self.status}"
+        if self.timed_out:
+            return "timeout"
+        if not self.sent:
+            return "not sent"
+        text = self.error or "no answer"
+        return "connection refused" if "refused" in text.lower() else text[:200]
+
+
+def _stat(values: Sequence[float], q: float) -> float | None:
+    return percentile(values, q) if values else None
 
 
 @dataclass(frozen=True)
-class EndpointSample:
-    """`requests` concurrent GETs to one path. Latency percentiles count only 2xx answers."""
+class Sample:
+    """The outcomes of the GETs to one path, and what they say (see the rules above)."""
 
     path: str
-    requests: int
-    errors: int  # 5xx, timeouts, connection failures
-    rate_limited: int  # 429
-    other: int  # other non-2xx answers (401, 403, 404, ...): the probe itself is misconfigured
-    outcomes: dict[str, int] = field(default_factory=dict)  # 'HTTP 200' -> 4, 'timeout' -> 1
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    max_ms: float | None = None
-    cache_hits: int = 0
-    rate_limit: int | None = None
+    outcomes: tuple[Outcome, ...]
 
     @property
-    def succeeded(self) -> int:
-        return self.requests - self.errors - self.rate_limited - self.other
+    def judged(self) -> tuple[Outcome, ...]:
+        """The outcomes that say something about the system: all but the 429s."""
+        return tuple(o for o in self.outcomes if not o.rate_limited)
+
+    @property
+    def requests(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def size(self) -> int:
+        return len(self.judged)
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        """Time to each successful answer; a request that timed out is infinitely slow."""
+        return [math.inf if o.timed_out else o.elapsed_ms for o in self.judged
+                if o.succeeded or (o.timed_out and o.sent)]
+
+    @property
+    def p50_ms(self) -> float | None:
+        return _stat(self.latencies_ms, 50)
+
+    @property
+    def p95_ms(self) -> float | None:
+        """None when nothing could be timed; infinite when more than 5% of the timed requests
+        got no answer in time."""
+        return _stat(self.latencies_ms, 95)
+
+    @property
+    def max_ms(self) -> float | None:
+        return max(self.latencies_ms, default=None)
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.failed]
+
+    @property
+    def errors(self) -> int:
+        return len(self.failures)
 
     @property
     def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
+        return self.errors / self.size if self.size else 0.0
 
-    @classmethod
-    def of(cls, path: str, requests: Sequence[Request]) -> EndpointSample:
-        ok = [r.elapsed_ms for r in requests if r.status is not None and 200 <= r.status < 300]
-        errors = sum(1 for r in requests if r.failed)
-        limited = sum(1 for r in requests if r.status == 429)
-        limits = [r.rate_limit for r in requests if r.rate_limit is not None]
-        return cls(
-            path=path,
-            requests=len(requests),
-            errors=errors,
-            rate_limited=limited,
-            other=len(requests) - len(ok) - errors - limited,
-            outcomes=dict(Counter(r.outcome for r in requests)),
-            p50_ms=percentile(ok, 50) if ok else None,
-            p95_ms=percentile(ok, 95) if ok else None,
-            max_ms=max(ok) if ok else None,
-            cache_hits=sum(1 for r in requests if r.cache_hit),
-            rate_limit=min(limits) if limits else None,
-        )
+    @property
+    def rate_limited(self) -> int:
+        return sum(1 for o in self.outcomes if o.rate_limited)
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for o in self.outcomes if o.succeeded)
+
+    @property
+    def other(self) -> int:
+        """Answers neither successful nor server errors nor 429s (401, 403, 404, redirects):
+        the sampler itself is misconfigured."""
+        return self.size - self.succeeded - self.errors
+
+    @property
+    def statuses(self) -> dict[str, int]:
+        return dict(Counter(str(o.status) if o.status else "no answer" for o in self.outcomes))
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return dict(Counter(o.label for o in self.outcomes))
+
+    @property
+    def timeouts(self) -> int:
+        return sum(1 for o in self.outcomes if o.timed_out)
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(1 for o in self.outcomes if o.cache_hit)
+
+    @property
+    def rate_limit(self) -> int | None:
+        return min((o.rate_limit for o in self.outcomes if o.rate_limit is not None), default=None)
+
+    def plus(self, more: Sample) -> Sample:
+        return Sample(self.path, self.outcomes + more.outcomes)
 
 
-def error_rate(samples: Sequence[EndpointSample]) -> float:
-    """Errors over all requests of the samples (0.0 for no requests)."""
-    total = sum(s.requests for s in samples)
+def error_rate(samples: Sequence[Sample]) -> float:
+    """Errors over the judged requests of all samples (0.0 for none)."""
+    total = sum(s.size for s in samples)
     return sum(s.errors for s in samples) / total if total else 0.0
 
 
-def _get(client: httpx.Client, path: str, headers: dict[str, str], bypass_cache: bool) -> Request:
-    params = {"_monitor_nonce": uuid.uuid4().hex} if bypass_cache else None
+def request(client: httpx.Client, path: str, *, headers: Mapping[str, str] | None = None,
+            params: Mapping[str, str] | None = None) -> Outcome:
+    """One GET, its outcome; never raises for a transport error."""
     started = time.perf_counter()
     try:
         response = client.get(path, headers=headers, params=params)
     except httpx.TransportError as exc:
-        return Request(path, (time.perf_counter() - started) * 1000, error=_reason(exc))
-    elapsed = (time.perf_counter() - started) * 1000
-    limit = response.headers.get("X-RateLimit-Limit")
-    return Request(
-        path,
-        elapsed,
-        status=response.status_code,
-        cache_hit=response.headers.get("X-Cache", "").upper() == "HIT",
-        rate_limit=int(limit) if limit and limit.isdigit() else None,
-    )
+        return Outcome.unanswered(path, f"{client.base_url}{path}", exc,
+                                  (time.perf_counter() - started) * 1000)
+    return Outcome.answered(path, response, (time.perf_counter() - started) * 1000)
+
+
+def sample(paths: Sequence[str], size: int, send: Callable[[str], Outcome], *,
+           pool: Executor | None = None) -> dict[str, Sample]:
+    """`size` GETs to each path through `send`, interleaved and concurrent: through `pool`, or
+    MAX_WORKERS threads of its own. Every outcome is kept, in path order."""
+    order = [path for _ in range(size) for path in paths]
+    if not order:
+        return {path: Sample(path, ()) for path in paths}
+    if pool is None:
+        with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(order))) as own:
+            outcomes = list(own.map(send, order))
+    else:
+        outcomes = list(pool.map(send, order))
+    return {path: Sample(path, tuple(o for o in outcomes if o.path == path)) for path in paths}
 
 
 def sample_endpoints(
@@ -244,8 +361,8 @@ def sample_endpoints(
     *,
     pool: Executor | None = None,
     bypass_cache: bool = False,
-) -> list[EndpointSample]:
-    """`per_path` GETs to each path with the key, interleaved, concurrent through `pool`.
+) -> list[Sample]:
+    """The monitor's and the baseline's sample: `per_path` GETs to each path with the key.
 
     Pass a long-lived executor (and a long-lived client) when calling this repeatedly: the
     connections and threads are then reused instead of being built for every sample.
@@ -253,12 +370,12 @@ def sample_endpoints(
     that cache with entries nobody reads again, so it is off by default.
     """
     headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
-    order = [path for _ in range(per_path) for path in paths]
-    if pool is None:
-        results = [_get(client, path, headers, bypass_cache) for path in order]
-    else:
-        results = list(pool.map(lambda path: _get(client, path, headers, bypass_cache), order))
-    return [EndpointSample.of(path, [r for r in results if r.path == path]) for path in paths]
+
+    def send(path: str) -> Outcome:
+        params = {"_monitor_nonce": uuid.uuid4().hex} if bypass_cache else None
+        return request(client, path, headers=headers, params=params)
+
+    return list(sample(paths, per_path, send, pool=pool).values())
 
 
 # --- database ----------------------------------------------------------------------------------

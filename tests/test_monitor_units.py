@@ -20,7 +20,7 @@ from rollback.monitor.notify import Notifier, compose
 from rollback.monitor.report import build_report, render
 from rollback.monitor.schedule import Schedule, format_duration, parse_duration
 from rollback.monitor.store import History
-from rollback.probes import ApiHealth, DatabaseProbe, EndpointSample, Request, percentile
+from rollback.probes import ApiHealth, DatabaseProbe, Outcome, Sample, percentile
 
 T0 = datetime(2026, 1, 22, 10, 0, tzinfo=UTC)
 
@@ -111,9 +111,9 @@ def test_policy_rejects_nonsense() -> None:
 # --- checks ------------------------------------------------------------------------------------
 
 
-def sample(path: str, *statuses: int | None, ms: float = 20.0) -> EndpointSample:
-    return EndpointSample.of(path, [Request(path, ms, status=s, error=None if s else "timeout")
-                                    for s in statuses])
+def sample(path: str, *statuses: int | None, ms: float = 20.0) -> Sample:
+    return Sample(path, tuple(Outcome(path, path, s, ms, None if s else "ReadTimeout: timed out")
+                              for s in statuses))
 
 
 OK_API = ApiHealth(True, 3.0, 200, "ok", "ok", "abc")
@@ -142,7 +142,7 @@ def test_latency_between_warn_and_alert_warns() -> None:
 def test_error_rate_counts_5xx_timeouts_not_429_or_404() -> None:
     m = Measurements(OK_API, [sample("/v1/leads", 200, 500, None, 429, 200, 200, 200, 200, 200, 200)])
     result = evaluate(m, THRESHOLDS)["error_rate"]
-    assert result.value == pytest.approx(0.2)
+    assert result.value == pytest.approx(2 / 9)  # the 429 says nothing about the system: not counted
     assert result.status is Status.FAIL
     assert "1x HTTP 500" in result.detail and "1x timeout" in result.detail
 

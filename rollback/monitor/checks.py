@@ -13,13 +13,14 @@ three. A check with nothing to measure against (no DATABASE_URL) is SKIPPED.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from rollback.config import Thresholds
-from rollback.probes import ApiHealth, DatabaseProbe, EndpointSample, error_rate
+from rollback.probes import ApiHealth, DatabaseProbe, Sample, error_rate
 
 
 class Status(enum.StrEnum):
@@ -61,7 +62,7 @@ class Measurements:
     """What the probes returned in one cycle."""
 
     api: ApiHealth
-    samples: Sequence[EndpointSample] = ()
+    samples: Sequence[Sample] = ()
     database: DatabaseProbe | None = None
 
     @property
@@ -76,7 +77,7 @@ class Measurements:
     def rate_limited(self) -> int:
         return sum(s.rate_limited for s in self.samples)
 
-    def worst_p95(self) -> EndpointSample | None:
+    def worst_p95(self) -> Sample | None:
         measured = [s for s in self.samples if s.p95_ms is not None]
         return max(measured, key=lambda s: s.p95_ms or 0.0) if measured else None
 
@@ -89,7 +90,7 @@ class Measurements:
             "endpoints": {
                 s.path: {"n": s.requests, "errors": s.errors, "rate_limited": s.rate_limited,
                          "other": s.other, "p50_ms": _r(s.p50_ms), "p95_ms": _r(s.p95_ms),
-                         "cache_hits": s.cache_hits}
+                         "timeouts": s.timeouts, "cache_hits": s.cache_hits}
                 for s in self.samples
             },
             "error_rate": None if self.error_rate is None else round(self.error_rate, 4),
@@ -99,7 +100,8 @@ class Measurements:
 
 
 def _r(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
+    """Rounded for a record; an infinite p95 (timeouts) is kept as None, the timeouts counted."""
+    return None if value is None or not math.isfinite(value) else round(value, 1)
 
 
 def _api(m: Measurements) -> CheckResult:
@@ -123,12 +125,16 @@ def _latency(m: Measurements, t: Thresholds, errors_failing: bool) -> CheckResul
         return CheckResult("latency", Status.FAIL,
                            f"no successful request ({outcomes}): check TEST_API_KEY and its scopes")
     p95 = worst.p95_ms
-    where = f"p95 {p95:.0f} ms over {worst.succeeded} requests to {worst.path}"
+    shown = f"{p95:.0f} ms" if math.isfinite(p95) else "beyond the request timeout"
+    where = f"p95 {shown} over {worst.succeeded + worst.timeouts} requests to {worst.path}"
+    if worst.timeouts:
+        where += f" ({worst.timeouts} timed out)"
+    value = p95 if math.isfinite(p95) else None
     if p95 > t.alert_ms:
-        return CheckResult("latency", Status.FAIL, f"{where} > alert {t.alert_ms:g} ms", p95)
+        return CheckResult("latency", Status.FAIL, f"{where} > alert {t.alert_ms:g} ms", value)
     if p95 > t.warn_ms:
-        return CheckResult("latency", Status.WARN, f"{where} > warn {t.warn_ms:g} ms", p95)
-    return CheckResult("latency", Status.PASS, f"{where} <= warn {t.warn_ms:g} ms", p95)
+        return CheckResult("latency", Status.WARN, f"{where} > warn {t.warn_ms:g} ms", value)
+    return CheckResult("latency", Status.PASS, f"{where} <= warn {t.warn_ms:g} ms", value)
 
 
 def _error_rate(m: Measurements, t: Thresholds) -> CheckResult:
@@ -179,15 +185,15 @@ def _is_failure(outcome: str) -> bool:
     return code.isdigit() and int(code) >= 500
 
 
-def _merged(samples: Sequence[EndpointSample]) -> Mapping[str, int]:
+def _merged(samples: Sequence[Sample]) -> Mapping[str, int]:
     total: dict[str, int] = {}
     for s in samples:
-        for outcome, n in s.outcomes.items():
+        for outcome, n in s.labels.items():
             total[outcome] = total.get(outcome, 0) + n
     return dict(sorted(total.items(), key=lambda item: -item[1]))
 
 
-def _outcomes(samples: Sequence[EndpointSample]) -> str:
+def _outcomes(samples: Sequence[Sample]) -> str:
     return ", ".join(f"{n}x {k}" for k, n in _merged(samples).items()) or "nothing sent"
 
 

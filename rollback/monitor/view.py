@@ -7,6 +7,7 @@ alert is out. `cycle_line()` is also the line written to `logs/health-check-YYYY
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from rich.console import Console, Group
@@ -35,7 +36,8 @@ def endpoints_line(cycle: Cycle) -> str:
     m = cycle.measurements
     if not m.samples:
         return "p95 not measured"
-    parts = [f"{s.path} {s.p95_ms:.0f} ms" if s.p95_ms is not None else f"{s.path} -" for s in m.samples]
+    parts = [f"{s.path} {s.p95_ms:.0f} ms" if s.p95_ms is not None and math.isfinite(s.p95_ms)
+             else f"{s.path} timeout" if s.p95_ms is not None else f"{s.path} -" for s in m.samples]
     rate = m.error_rate or 0.0
     line = "p95 " + ", ".join(parts) + f" · errors {rate:.1%} of {m.requests}"
     if m.rate_limited:

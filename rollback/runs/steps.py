@@ -336,7 +336,7 @@ class Baseline(Step):
                                               run.settings.platform.endpoints,
                                               n, pool=pool)
         p95 = {s.path: round(s.p95_ms, 1) for s in samples
-               if s.p95_ms is not None and math.isfinite(s.p95_ms)}
+               if s.p95_ms is not None and s.p95_ms != float("inf")}
         rate = probes.error_rate(samples)
         parts = [f"{path} p95 {value:.0f} ms" for path, value in p95.items()]
         for s in samples:
