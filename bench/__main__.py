@@ -1,9 +1,11 @@
 """`python -m bench`: the toolkit's benchmarks in one run, printed as a table and written to
 reports/bench/bench-<UTC stamp>.json and .md (and latest.json / latest.md).
 
-    1. verdict      wall time of `rollback validate fase2` against a sandbox, next to the floor
-                    (bench/floor_fase2.py: the same requests and queries, no framework); medians
-                    of --runs runs after one warm-up, and their ratio
+    1. verdict      wall and CPU time of `rollback validate fase2` against a sandbox, next to
+                    the floor (bench/floor_fase2.py: the same requests and queries, no framework),
+                    alternating; medians of --runs runs after one warm-up, and their ratio; then
+                    the same ratio with the profile narrowed to 1 and 2 list endpoints, and on a
+                    sandbox of 500 tenants (bench/verdict.py)
     2. conversion   a sandbox with --keys keys (about 20% branch-scoped): rows/s of the driver's
                     Backup + ConvertKeys steps next to one plain UPDATE on an identical copy, while
                     a steady read load on the API records errors, p50/p99 and lock waits, against
@@ -127,7 +129,9 @@ class Bench:
         with running(self.work / "sbx-verdict") as sbx:
             self.default_ups.append(sbx.up_s)
             log(f"  rollback sandbox up: {sbx.up_s:.1f} s")
-            return verdict.measure(sbx, self.work / "verdict", self.runs, log).figures()
+            return verdict.measure(sbx, self.work / "verdict", self.runs, log,
+                                   lambda n: running(self.work / f"sbx-verdict-{n}", tenants=n)
+                                   ).figures()
 
     def conversion(self) -> dict[str, Any]:
         result = conversion.measure(self.work / "sbx-conversion", self.work / "conversion",

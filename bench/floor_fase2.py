@@ -2,6 +2,7 @@
 with no framework (no pytest, no plugins, no reports), and the same pass/fail judgments, plainly.
 
     eval "$(rollback sandbox env)" && python bench/floor_fase2.py
+    python bench/floor_fase2.py /v1/leads /v1/appointments     # the profile's endpoints, if fewer
 
 It reads API_BASE_URL, TEST_API_KEY, TEST_BRANCH_API_KEY, TEST_REVOKED_API_KEY and DATABASE_URL
 like the checks do, with the checks' default thresholds (p95 alert 1000 ms, error rate 5%,
@@ -9,6 +10,10 @@ like the checks do, with the checks' default thresholds (p95 alert 1000 ms, erro
 none failed, 1 otherwise. What `validate fase2` runs without a run context or --allow-writes
 is what this runs: the checks that need a run context (the backup comparisons) are skipped
 by both, and cost neither any request.
+
+The list endpoints are the contract profile's three, or those given as arguments (the bench
+narrows the profile to measure how the time grows with them): the authentication checks knock
+on the first, as the checks do (`Profile.auth_path`).
 
 The one deliberate difference: the 20 x 3 latency sample goes one request after another, where
 the checks send it 8 at a time. The floor is the plainest way to the same answer.
@@ -27,7 +32,7 @@ from typing import Any
 import httpx
 import psycopg
 
-ENDPOINTS = ("/v1/leads", "/v1/appointments", "/v1/branches")
+ENDPOINTS: tuple[str, ...] = ("/v1/leads", "/v1/appointments", "/v1/branches")
 USER_AGENT = "rollback-toolkit-validation"
 SAMPLE_SIZE, ALERT_MS, ERROR_RATE = 20, 1000.0, 0.05
 TABLES = ("tenants", "branches", "leads", "appointments", "api_keys", "api_key_usage_logs")
@@ -70,12 +75,16 @@ def p95(values: list[float]) -> float:
     return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
 
 
-def main() -> int:
+def main(endpoints: list[str]) -> int:
+    global ENDPOINTS
     started = time.perf_counter()
+    ENDPOINTS = tuple(endpoints) or ENDPOINTS
+    auth_path = ENDPOINTS[0]
     env = os.environ
     base, key = env["API_BASE_URL"], env["TEST_API_KEY"]
     branch_key, revoked_key, url = env.get("TEST_BRANCH_API_KEY"), env.get("TEST_REVOKED_API_KEY"), \
         env["DATABASE_URL"]
+    expired_key = env.get("TEST_EXPIRED_API_KEY")
     ua = {"User-Agent": USER_AGENT}
     api = httpx.Client(base_url=base, headers={**ua, "Authorization": f"Bearer {key}"}, timeout=10)
     anon = httpx.Client(base_url=base, headers=ua, timeout=10)
@@ -98,19 +107,20 @@ def main() -> int:
           and body.get("database") == "ok")
     check("deployed_version_is_expected", None)  # no expected version given: inconclusive
     # authentication
-    check("valid_key_is_accepted", api.get("/v1/branches").status_code == 200)
-    check("missing_key_is_rejected", is_error(anon.get("/v1/branches"), 401, "UNAUTHORIZED"))
+    check("valid_key_is_accepted", api.get(auth_path).status_code == 200)
+    check("missing_key_is_rejected", is_error(anon.get(auth_path), 401, "UNAUTHORIZED"))
     for name, header in (("not_bearer", "Basic dXNlcjpwYXNz"), ("bad_format", "Bearer not-an-api-key")):
-        response = anon.get("/v1/branches", headers={"Authorization": header})
+        response = anon.get(auth_path, headers={"Authorization": header})
         check(f"malformed_key_is_rejected[{name}]", is_error(response, 401, "UNAUTHORIZED"))
     unknown = "tis_live_" + secrets.token_hex(16)
     check("unknown_key_is_rejected", is_error(
-        anon.get("/v1/branches", headers={"Authorization": f"Bearer {unknown}"}), 401, "UNAUTHORIZED"))
-    if revoked_key:
-        response = anon.get("/v1/branches", headers={"Authorization": f"Bearer {revoked_key}"})
-        check("revoked_key_is_rejected", is_error(response, 401, "UNAUTHORIZED"))
-    else:
-        check("revoked_key_is_rejected", None)
+        anon.get(auth_path, headers={"Authorization": f"Bearer {unknown}"}), 401, "UNAUTHORIZED"))
+    for kind, refused in (("revoked", revoked_key), ("expired", expired_key)):
+        if refused:
+            response = anon.get(auth_path, headers={"Authorization": f"Bearer {refused}"})
+            check(f"{kind}_key_is_rejected", is_error(response, 401, "UNAUTHORIZED"))
+        else:
+            check(f"{kind}_key_is_rejected", None)
     # the key's tenant, and API totals against the database
     found = query("SELECT id::text, tenant_id::text FROM api_keys WHERE key_hash = %s",
                   (hashlib.sha256(key.encode()).hexdigest(),))
@@ -178,7 +188,7 @@ def main() -> int:
               and first + second == both and t1 == t2 == t3 == total
               and len(last) == total - (last_page - 1) * size)
     check("unknown_route_is_404", is_error(api.get(f"/v1/no-such-route-{uuid.uuid4().hex[:8]}"), 404))
-    headers = api.get("/v1/branches").headers
+    headers = api.get(auth_path).headers
     check("rate_limit_headers_are_present", all(
         h in headers for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")))
     # latency and error rate: 20 requests to each endpoint, one after another
@@ -209,11 +219,12 @@ def main() -> int:
     if branch_key:
         found = query("SELECT id::text, tenant_id::text FROM api_keys WHERE key_hash = %s",
                       (hashlib.sha256(branch_key.encode()).hexdigest(),))
-        branches = query("SELECT id::text FROM branches WHERE tenant_id = %s ORDER BY id", (found[0][1],))
-        response = anon.get("/v1/branches", params={"pageSize": 100, **nonce()},
+        leads = query("SELECT count(*), count(DISTINCT branch_id) FROM leads WHERE tenant_id = %s",
+                      (found[0][1],))[0][0]
+        response = anon.get("/v1/leads", params={"pageSize": 100, **nonce()},
                             headers={"Authorization": f"Bearer {branch_key}"})
         page = listing(response)
-        check("former_branch_key_reads_every_branch", page is not None and page["total"] == len(branches)
+        check("former_branch_key_reads_every_branch", page is not None and page["total"] == leads
               and all(str(r["tenant_id"]) == found[0][1] for r in page["data"]))
     else:
         check("former_branch_key_reads_every_branch", None)
@@ -256,4 +267,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

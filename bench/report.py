@@ -183,10 +183,19 @@ def rows(report: dict[str, Any]) -> list[tuple[str, list[Row]]]:
             measured[name] = section
     verdict = measured.get("verdict")
     if verdict:
+        aim = verdict.get("aim_met")
         sections.append(("1. Time to verdict", [
             (f"rollback validate fase2 (median of {verdict['runs']})", _s(verdict["validate_median_s"]),
-             f"floor {_s(verdict['floor_median_s'])}", _s(verdict["ratio"], "x"), ""),
+             f"floor {_s(verdict['floor_median_s'])}", _s(verdict["ratio"], "x"),
+             "-" if aim is None else f"{verdict['aim']}: {'met' if aim else 'MISSED'}"),
+            ("  CPU time", _s(verdict.get("validate_cpu_median_s")),
+             f"floor {_s(verdict.get('floor_cpu_median_s'))}", _s(verdict.get("cpu_ratio"), "x"), ""),
             ("verdict given", str(verdict["validate_verdict"]), str(verdict["floor_verdict"]), "", ""),
+            *[(f"  {p['endpoints']} endpoint(s), {p['tenants']} tenants (median of {p['runs']})",
+               f"{_s(p['validate_median_s'])} ({_s(p['validate_cpu_median_s'])} CPU)",
+               f"floor {_s(p['floor_median_s'])} ({_s(p['floor_cpu_median_s'])} CPU)",
+               _s(p["ratio"], "x"), f"CPU {_s(p['cpu_ratio'], 'x')}")
+              for p in verdict.get("scaling", [])],
         ]))
     conv = measured.get("conversion")
     if conv:

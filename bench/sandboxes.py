@@ -58,8 +58,8 @@ def stop(root: Path) -> None:
 
 @contextlib.contextmanager
 def running(root: Path, *, keys: int | None = None, timeout_s: float = 300,
-            shape: str = "contract") -> Iterator[Sandbox]:
-    """`rollback sandbox up --dir root [--keys N]`, timed; stopped on the way out."""
+            shape: str = "contract", tenants: int | None = None) -> Iterator[Sandbox]:
+    """`rollback sandbox up --dir root [--keys N] [--tenants N]`, timed; stopped on the way out."""
     socket = root.resolve() / "postgres" / ".s.PGSQL.65535"
     if len(str(socket).encode()) > SOCKET_PATH_MAX:
         raise BenchError(f"{root} is too deep for PostgreSQL's socket ({socket} is over "
@@ -69,6 +69,8 @@ def running(root: Path, *, keys: int | None = None, timeout_s: float = 300,
     command = [*rollback_command(), "sandbox", "up", "--shape", shape, "--dir", str(root)]
     if keys:
         command += ["--keys", str(keys)]
+    if tenants:
+        command += ["--tenants", str(tenants)]
     try:
         started = time.perf_counter()
         try:
