@@ -562,3 +562,40 @@ def test_the_wilson_interval_of_failures_mirrors_that_of_successes(total: int, d
     mirror_low, mirror_high = wilson_interval(total - failed, total)
     assert low == pytest.approx(1 - mirror_high, abs=1e-9)
     assert high == pytest.approx(1 - mirror_low, abs=1e-9)
+
+
+def test_a_limit_exactly_at_an_end_of_the_interval_is_not_surely_passed() -> None:
+    low, high = wilson_interval(5, 20)
+    assert error_rate_verdict(5, 20, low) == "fail"        # the interval starts at the limit: at it
+    assert error_rate_verdict(5, 20, high) == "undecided"  # its top is the limit: not surely under
+
+
+def test_six_rows_show_five_and_say_one_more() -> None:
+    assert judged(lambda: expect_no_rows([(i,) for i in range(6)], "orphan rows", "m")) == (
+        "fail", "6 orphan rows: m. Examples: 0; 1; 2; 3; 4 (and 1 more)")
+
+
+def test_a_list_is_neither_a_list_body_nor_a_record_even_if_it_names_the_keys() -> None:
+    assert judged(lambda: expect_list_shape(response(200, ["data", "total"]), LEADS)) == (
+        "fail", "GET /v1/leads: list body has keys list, missing ['data', 'filters', 'page', "
+        "'pageSize', 'total']: clients reading the list contract will break")
+    said, message = judged(lambda: expect_list_shape(response(200, _list(data=[sorted(LEADS.fields)])),
+                                                     LEADS))
+    assert said == "fail" and "records lack fields branch_id (in 1), classification (in 1)" in message
+
+
+def test_latency_of_timeouts_only_has_no_answered_maximum() -> None:
+    path = "/v1/leads"
+    sample = Sample(path, tuple(Outcome(path, path, None, 10_000.0, "ReadTimeout: timed out")
+                                for _ in range(2)))
+    evidence = Evidence()
+    said, _ = judged(lambda: expect_latency(sample, Thresholds(), evidence))
+    assert said == "fail" and evidence.values["max_answered_ms"] == 0
+
+
+def test_every_endpoint_over_the_limit_is_listed() -> None:
+    samples = {"/a": outcomes("/a", 30, 70), "/b": outcomes("/b", 40, 60), "/c": outcomes("/c", 0, 900)}
+    said, message = judged(lambda: expect_error_rate(samples, 0.05, "requests", Evidence()))
+    assert said == "fail" and message.startswith(
+        "error rate 6.4% >= limit 5.0% (70 of 1100 requests failed: 70x 500; per endpoint "
+        "/a: 30 of 100 (30.0%); /b: 40 of 100 (40.0%)); first: GET /a -> 500 boom"), message
