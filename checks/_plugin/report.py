@@ -139,7 +139,8 @@ def pytest_runtest_makereport(
         html = extras.html(render_evidence(evidence))
         report.extras = [*getattr(report, "extras", []), html]  # type: ignore[attr-defined]
     setattr(report, SERIES_ATTR, [series_to_json(series) for series in evidence.series])
-    _attach_to_allure(evidence)
+    if getattr(item.config.option, "allure_report_dir", None):  # allure-pytest records (--alluredir)
+        _attach_to_allure(evidence)
     return report
 
 
@@ -176,7 +177,6 @@ def _attach_to_allure(evidence: Evidence) -> None:
         import allure
     except ImportError:
         return
-    # A no-op unless allure-pytest is recording (--alluredir).
     allure.attach(json.dumps(evidence.to_json(), indent=2, default=str), name="evidence",
                   attachment_type=allure.attachment_type.JSON)
     for series in evidence.series:
