@@ -79,7 +79,9 @@ def start(target: Target, *args: str, folder: Path, name: str, **env: str) -> Dr
 
 
 def gate_checks(driver: Driver) -> list[psutil.Process]:
-    """The `python -m pytest checks ...` the driver's gate runs, if it runs now."""
+    """The processes running the checks of the driver's gate (or of `health`), if it runs them
+    now: the driver itself while it writes a pytest.log (`rollback.validate` runs pytest in its
+    own process), or a `python -m pytest checks ...` child (with `-n`)."""
     found = []
     for process in driver.children():
         try:
@@ -87,6 +89,12 @@ def gate_checks(driver: Driver) -> list[psutil.Process]:
                 found.append(process)
         except psutil.Error:
             continue
+    try:
+        itself = psutil.Process(driver.pid)
+        if any(Path(f.path).name == "pytest.log" for f in itself.open_files()):
+            found.append(itself)
+    except psutil.Error:
+        pass
     return found
 
 
