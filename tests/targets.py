@@ -46,12 +46,13 @@ KEYS_CHECKSUM = """
 
 
 def to_toml(data: dict[str, dict[str, Any]]) -> str:
-    """Sections of flat values as TOML (strings and paths quoted, the rest as Python writes them)."""
+    """Sections of flat values as TOML (strings and paths quoted, booleans as TOML spells them,
+    the rest as Python writes them)."""
     lines = []
     for section, values in data.items():
         lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(str(v)) if isinstance(v, str | Path) else v}"
-                  for key, v in values.items()]
+        lines += [f"{key} = {json.dumps(str(v) if isinstance(v, str | Path) else v)}"
+                  if isinstance(v, str | Path | bool) else f"{key} = {v}" for key, v in values.items()]
         lines.append("")
     return "\n".join(lines)
 
