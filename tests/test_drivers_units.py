@@ -4,6 +4,7 @@ repository lock, history of reverts, redaction, the communication templates."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rollback.actions.branch_keys import AffectedKey, AffectedTenant
+from rollback.actions.branch_keys import AffectedKey, AffectedTenant, BatchSizer, Tid, lock_budget_s
 from rollback.actions.fase3_objects import order_for_drop
 from rollback.errors import StepFailed
 from rollback.fase3 import (
@@ -24,6 +25,7 @@ from rollback.fase3 import (
 )
 from rollback.profile import load_profile
 from rollback.runs import comms, gitops
+from rollback.runs.dbops import BatchPolicy
 from rollback.runs.journal import Journal, replay, unfinished_run
 from rollback.runs.locks import RepoLock, read_holder
 
@@ -403,3 +405,50 @@ def test_revert_code_resumed_after_a_kill_mid_revert_finishes_the_job(
     assert _git(repo, "status", "--porcelain") == ""
     reverts = _git(repo, "log", "--format=%s", "main..HEAD").splitlines()
     assert reverts == ['Revert "FASE 1 part 1"', 'Revert "FASE 1 part 2"']  # each exactly once
+
+
+# --- FASE 2: the walk's batch sizes ---------------------------------------------------------------
+
+
+def test_a_batch_over_its_lock_budget_makes_the_next_one_smaller_and_it_grows_back_to_the_limit() -> None:
+    sizer = BatchSizer(limit=500, budget_s=0.2)
+    assert sizer.size == 500
+    sizer.measured(500, 0.8)  # four times over: halved at most, not cut to a quarter in one go
+    assert sizer.size == 250
+    sizer.measured(250, 0.25)
+    assert sizer.size == 160  # 250 * 0.2 / 0.25, less a fifth to land under the budget
+    sizer.measured(160, 0.15)  # within budget, over half of it: kept
+    assert sizer.size == 160
+    for _ in range(5):
+        sizer.measured(sizer.size, 0.01)  # far under: doubled each time, never over the limit
+    assert sizer.size == 500
+    assert (sizer.smallest, sizer.largest) == (160, 500)
+
+
+def test_a_batch_its_window_cut_short_shrinks_only_if_it_was_slow() -> None:
+    sizer = BatchSizer(limit=500, budget_s=0.2)
+    sizer.measured(40, 0.01)  # the window held 40 keys: nothing learnt about 500
+    assert sizer.size == 500
+    sizer.measured(100, 0.4)  # 100 keys already took twice the budget
+    assert sizer.size == 50
+
+
+def test_the_window_covers_twice_the_pages_the_batch_should_need() -> None:
+    sizer = BatchSizer(limit=500, budget_s=0.2)
+    sizer.walked(pages=36_000, keys=200_000)  # 1M keys, a fifth of them branch-scoped
+    assert sizer.window() == math.ceil(500 * 0.18 * 2)
+    sizer.walked(pages=0, keys=10)  # no page walked yet: never under 1/400 page a key
+    assert sizer.window() == math.ceil(500 / 400 * 2)
+    sizer.size = 1
+    assert sizer.window() == 1  # and at least one page
+
+
+def test_the_lock_budget_is_200_ms_or_a_quarter_of_the_lock_timeout() -> None:
+    assert lock_budget_s(BatchPolicy(lock_timeout_ms=2000)) == 0.2
+    assert lock_budget_s(BatchPolicy(lock_timeout_ms=200)) == 0.05
+
+
+def test_a_tid_reads_and_orders_as_postgresql_does() -> None:
+    tid = Tid.parse("(12,7)")
+    assert (tid.page, tid.line, str(tid), str(tid.after())) == (12, 7, "(12,7)", "(12,8)")
+    assert Tid(3) < Tid(3, 1) < Tid(3, 200) < Tid(4) and str(Tid(4)) == "(4,0)"
