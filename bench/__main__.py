@@ -10,7 +10,8 @@ reports/bench/bench-<UTC stamp>.json and .md (and latest.json / latest.md).
                     Backup + ConvertKeys steps next to one plain UPDATE on an identical copy, while
                     a steady read load on the API records errors, p50/p99 and lock waits, against
                     the same load before; judged against the aims (no request fails, p99 under
-                    twice the baseline, no block over 1 s, at least half the floor's rows/s)
+                    twice the baseline, no block over 1 s, at least 0.8x the floor's rows/s);
+                    then rows/s at each --scale-keys size against its own floor
     3. monitor      bench/monitor.py for --monitor-cycles cycles of 1 s: CPU share, RSS, drift
     4. startup      `rollback sandbox up` wall time (default size) and `rollback demo`'s
     5. failfast     time to a verdict of `rollback validate all` and `rollback health` with the
@@ -25,6 +26,10 @@ Options:
     --monitor-cycles N      cycles of the monitor (default 300, about 5 minutes)
     --baseline-s S          seconds of read load measured before the conversion (default 15)
     --batch-size N          the driver's [run] batch_size for the conversion (default: its own)
+    --scale-keys LIST       sizes for the conversion's scale figures, comma-separated (default
+                            100000,1000000; add 5000000 for the largest, about 25 more minutes
+                            here; `none` leaves them out): rows/s at each size against a floor
+                            of that size, nothing else running
     --only LIST             sections to run, comma-separated: verdict,conversion,monitor,startup,
                             failfast
     --out DIR               where the reports go (default reports/bench)
@@ -77,6 +82,20 @@ def _sections(value: str) -> list[str]:
     return chosen
 
 
+def _sizes(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return []
+    try:
+        sizes = [int(v.replace("_", "")) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value}: a comma-separated list of key counts") from None
+    if not sizes or min(sizes) < 1_000:
+        raise click.BadParameter(f"{value}: each size at least 1000 keys")
+    return sorted(set(sizes))
+
+
 def log(line: str) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
@@ -85,7 +104,9 @@ class Bench:
     """One benchmark run: its options, work folder and the report it fills in."""
 
     def __init__(self, *, keys: int, runs: int, monitor_cycles: int, baseline_s: float,
-                 batch_size: int | None, only: list[str], work: Path, argv: list[str]) -> None:
+                 batch_size: int | None, only: list[str], work: Path, argv: list[str],
+                 scale_keys: list[int] | None = None) -> None:
+        self.scale_keys = scale_keys or []
         self.keys, self.runs, self.monitor_cycles = keys, runs, monitor_cycles
         self.baseline_s, self.batch_size, self.only, self.work = baseline_s, batch_size, only, work
         self.started = time.perf_counter()
@@ -96,7 +117,8 @@ class Bench:
             "started_at": now.isoformat(timespec="seconds"),
             "argv": argv,
             "options": {"keys": keys, "runs": runs, "monitor_cycles": monitor_cycles,
-                        "baseline_s": baseline_s, "batch_size": batch_size, "only": only},
+                        "baseline_s": baseline_s, "batch_size": batch_size, "only": only,
+                        "scale_keys": scale_keys},
             "machine": machine.describe(),
             **dict.fromkeys(SECTIONS),
             "aims": [],
@@ -138,6 +160,11 @@ class Bench:
                                     keys=self.keys, baseline_s=self.baseline_s, log=log,
                                     batch_size=self.batch_size)
         self.keyed_ups[str(self.keys)] = result["sandbox_up_s"]
+        if self.scale_keys:
+            log("  scale: the conversion at each of " + ", ".join(f"{k:,}" for k in self.scale_keys)
+                + " keys, nothing else running")
+            result["scale"] = conversion.scale(self.work / "scale", self.work / "scale-runs",
+                                               sizes=self.scale_keys, log=log, measured=result)
         return result
 
     def monitor(self) -> dict[str, Any]:
@@ -199,12 +226,14 @@ def _interrupt(signum: int, frame: Any) -> None:
 @click.option("--monitor-cycles", type=click.IntRange(1, 3600))
 @click.option("--baseline-s", type=click.FloatRange(1, 600))
 @click.option("--batch-size", type=click.IntRange(1, 100_000))
+@click.option("--scale-keys", default=None, callback=lambda _c, _p, v: _sizes(v))
 @click.option("--only", default=None, callback=lambda _c, _p, v: None if v is None else _sections(v))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "reports" / "bench")
 @click.option("--work", "work_parent", type=click.Path(file_okay=False, path_type=Path), default=Path("/tmp"))
 @click.option("--keep-work", is_flag=True)
 def main(quick: bool, keys: int | None, runs: int | None, monitor_cycles: int | None,
-         baseline_s: float | None, batch_size: int | None, only: list[str], out: Path,
+         baseline_s: float | None, batch_size: int | None, scale_keys: list[int] | None,
+         only: list[str], out: Path,
          work_parent: Path, keep_work: bool) -> None:
     if only is None:  # every section; --quick leaves the fail-fast cases out (minutes of faults)
         only = [s for s in SECTIONS if not (quick and s == "failfast")]
@@ -214,7 +243,9 @@ def main(quick: bool, keys: int | None, runs: int | None, monitor_cycles: int | 
     bench = Bench(keys=keys or (20_000 if quick else 1_000_000), runs=runs or (1 if quick else 5),
                   monitor_cycles=monitor_cycles or (5 if quick else 300),
                   baseline_s=baseline_s or (3.0 if quick else 15.0), batch_size=batch_size,
-                  only=only, work=work, argv=sys.argv[1:])
+                  only=only, work=work, argv=sys.argv[1:],
+                  scale_keys=scale_keys if scale_keys is not None else
+                  [keys or 20_000] if quick else [100_000, keys or 1_000_000])
     console.print(f"work folder {work}; machine: {report.machine_line(bench.report)}", soft_wrap=True)
     signal.signal(signal.SIGTERM, _interrupt)  # stop the sandboxes on `kill` too, as on Ctrl-C
     try:

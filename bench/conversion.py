@@ -8,10 +8,18 @@
        and ConvertKeys steps convert every branch key (bench/driver.py, in a process of its own
        as `rollback run` is), then on while the floor,
        one plain UPDATE of the same rows, runs on the first copy; the lock sampler runs throughout
-    5. the same UPDATE on the second copy with nothing else running (the quiet floor)
+    5. the same UPDATE on the second copy with nothing else running (the quiet floor), then the
+       driver's two steps on a third copy, also with nothing else running (the quiet driver)
 
 The throughput aim compares the driver with the floor under the same read load (the machine is
-then equally busy for both); the quiet floor is reported beside it.
+then equally busy for both); the quiet floor is reported beside it, and the quiet driver against
+it (the same comparison without the load).
+
+Scale (`scale()`): how the conversion's rows/s grow with the table, at each of --scale-keys
+(default 100,000 and 1,000,000; 5,000,000 on request: its sandbox alone takes 10 minutes here).
+Each size is a ratio against its own floor measured in the same run, with nothing else running:
+the quiet driver and quiet floor of the main measurement at its size, and for each other size a
+sandbox of its own, one copy, the driver on the sandbox and the floor on the copy.
 
 Figures: rows per second of the driver (backup included) and of the floors; the load's errors,
 p50/p99 and throughput before and during the conversion; the longest lock wait of an API
@@ -41,6 +49,8 @@ from bench.stats import rounded
 from sandbox import control
 
 FLOOR_DATABASE, QUIET_DATABASE = "bench_floor", "bench_floor_quiet"
+#: the third copy, converted by the driver with nothing else running
+QUIET_DRIVER_DATABASE = "bench_driver_quiet"
 FLOOR_UPDATE = "UPDATE api_keys SET scope_type = 'tenant', branch_id = NULL WHERE scope_type = 'branch'"
 API_LOCK_TIMEOUT_LINE = "could not update last use of key"
 
@@ -138,44 +148,110 @@ def measure(root: Path, work: Path, *, keys: int, baseline_s: float, log: Log,
         lookup += adopt_keys(sbx.database_url, scope_type="tenant", count=lookup_keys - branch_share, rng=rng)
         list_key = mint_tenant_keys(sbx.database_url, sbx.state.tenant_id, 1, rng)[0]
         total, branch = _count(sbx.database_url)
+        copies = [FLOOR_DATABASE, QUIET_DATABASE, QUIET_DRIVER_DATABASE]
+        run_settings = {"batch_size": batch_size} if batch_size else {}
         try:
-            copy_s = copy_database(sbx, [FLOOR_DATABASE, QUIET_DATABASE])
-            log(f"  two identical copies made in {copy_s:.1f} s; {branch:,} of {total:,} keys branch-scoped")
-            result = _under_load(sbx, work, lookup, list_key, baseline_s, log,
-                                 {"batch_size": batch_size} if batch_size else {})
+            copy_s = copy_database(sbx, copies)
+            log(f"  {len(copies)} identical copies made in {copy_s:.1f} s; {branch:,} of {total:,} "
+                "keys branch-scoped")
+            result = _under_load(sbx, work, lookup, list_key, baseline_s, log, run_settings)
             quiet = floor_update(sbx.admin_url(QUIET_DATABASE))
             log(f"  quiet floor: one UPDATE of {quiet['rows']:,} rows in {quiet['seconds']} s")
+            quiet_driver = convert_in_subprocess(
+                sbx.env(DATABASE_URL=sbx.admin_url(QUIET_DRIVER_DATABASE)), work,
+                "bench-conversion-quiet", run_settings)
+            log(f"  quiet driver: backup {quiet_driver.backup_s:.1f} s + conversion "
+                f"{quiet_driver.convert_s:.1f} s for {quiet_driver.rows:,} keys")
         finally:
-            for name in (FLOOR_DATABASE, QUIET_DATABASE):
+            for name in copies:
                 drop_database(sbx, name)
     driver: DriverTiming = result.pop("driver_timing")
     floor = result.pop("floor")
     return {
+        "requested_keys": keys,
         "keys_total": total,
         "branch_keys": branch,
         "branch_share": round(branch / total, 3) if total else None,
         "sandbox_up_s": round(sbx.up_s, 2),
         "copy_s": round(copy_s, 2),
-        "driver": {
-            "rows": driver.rows,
-            "backup_s": round(driver.backup_s, 2),
-            "convert_s": round(driver.convert_s, 2),
-            "total_s": round(driver.total_s, 2),
-            "rows_per_s": round(driver.rows_per_s),
-            "batches": driver.batches,
-            "retries": driver.retries,
-            "batch_size": driver.batch_size,
-            "lock_timeout_ms": driver.lock_timeout_ms,
-            "steps": "Backup + ConvertKeys (rollback/runs/steps.py)",
-        },
+        "driver": {**_timing(driver), "steps": "Backup + ConvertKeys (rollback/runs/steps.py)"},
         "floor": {**floor, "statement": FLOOR_UPDATE, "conditions": "same read load on the API"},
         "floor_quiet": {**quiet, "conditions": "nothing else running"},
+        "driver_quiet": {**_timing(quiet_driver), "conditions": "nothing else running, on a copy"},
+        "quiet_throughput_ratio": rounded(quiet_driver.rows_per_s / quiet["rows_per_s"], 3)
+        if quiet["rows_per_s"] else None,
         "throughput_ratio": rounded(driver.rows_per_s / floor["rows_per_s"], 3)
         if floor["rows_per_s"] else None,
         "throughput_ratio_to_quiet_floor": rounded(driver.rows_per_s / quiet["rows_per_s"], 3)
         if quiet["rows_per_s"] else None,
         **result,
     }
+
+
+def _timing(driver: DriverTiming) -> dict[str, Any]:
+    return {
+        "rows": driver.rows,
+        "backup_s": round(driver.backup_s, 2),
+        "convert_s": round(driver.convert_s, 2),
+        "total_s": round(driver.total_s, 2),
+        "rows_per_s": round(driver.rows_per_s),
+        "batches": driver.batches,
+        "retries": driver.retries,
+        "batch_size": driver.batch_size,
+        "batch_sizes": driver.batch_sizes,
+        "lock_timeout_ms": driver.lock_timeout_ms,
+    }
+
+
+def scale_point(root: Path, work: Path, *, keys: int, log: Log) -> dict[str, Any]:
+    """One size of the scale figures: a sandbox of `keys` keys, one copy, the driver's Backup and
+    ConvertKeys on the sandbox and one plain UPDATE on the copy, nothing else running."""
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"  rollback sandbox up --keys {keys} ...")
+    with running(root, keys=keys, timeout_s=max(420, keys / 2500)) as sbx:
+        total, branch = _count(sbx.database_url)
+        log(f"  sandbox with {total:,} keys ({branch:,} branch-scoped) up in {sbx.up_s:.1f} s")
+        try:
+            copy_database(sbx, [FLOOR_DATABASE])
+            driver = convert_in_subprocess(sbx.env(), work, f"bench-scale-{keys}", {},
+                                           timeout_s=max(900, keys / 500))
+            floor = floor_update(sbx.admin_url(FLOOR_DATABASE))
+        finally:
+            drop_database(sbx, FLOOR_DATABASE)
+    return _point(total, branch, _timing(driver), floor, sbx.up_s)
+
+
+def _point(total: int, branch: int, driver: dict[str, Any], floor: dict[str, Any],
+           up_s: float | None = None) -> dict[str, Any]:
+    return {"keys_total": total, "branch_keys": branch, "sandbox_up_s": rounded(up_s, 1),
+            "driver": driver, "floor": floor,
+            "ratio": rounded(driver["rows_per_s"] / floor["rows_per_s"], 3)
+            if floor.get("rows_per_s") else None}
+
+
+def scale(root: Path, work: Path, *, sizes: Sequence[int], log: Log,
+          measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rows/s of the driver and of its floor at each size, nothing else running; the size of the
+    main measurement (`measured`, the conversion section) is taken from its quiet runs."""
+    points = []
+    for keys in sizes:
+        if measured and "error" not in measured and measured.get("requested_keys") == keys:
+            point = _point(measured["keys_total"], measured["branch_keys"],
+                           measured["driver_quiet"], measured["floor_quiet"])
+            point["from"] = "the conversion section's quiet driver and quiet floor"
+        else:
+            point = scale_point(root / f"sbx-{keys}", work / f"scale-{keys}", keys=keys, log=log)
+        points.append(point)
+        log(f"  {point['keys_total']:,} keys: driver {point['driver']['rows_per_s']:,} rows/s, "
+            f"floor {point['floor']['rows_per_s']:,} rows/s ({point['ratio']}x)")
+    first = points[0] if points else None
+    for point in points:
+        point["driver_rows_per_s_vs_smallest"] = rounded(
+            point["driver"]["rows_per_s"] / first["driver"]["rows_per_s"], 2) \
+            if first and first["driver"]["rows_per_s"] else None
+    return {"sizes": list(sizes), "points": points,
+            "conditions": "nothing else running; each ratio against a floor of the same size, "
+                          "same run"}
 
 
 def _under_load(sbx: Sandbox, work: Path, lookup: list[str], list_key: str, baseline_s: float,

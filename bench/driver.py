@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class DriverTiming:
     batch_size: int
     lock_timeout_ms: int
     backup_rows: int
+    batch_sizes: list[int] = field(default_factory=list)  # the adaptive batches: smallest, largest
     started: float = 0.0  # time.monotonic() (system-wide on Linux) when Backup started
     ended: float = 0.0  # and when ConvertKeys returned
 
@@ -84,6 +85,7 @@ def convert_with_driver(env: Mapping[str, str], work: Path, run_id: str,
         batch_size=settings.run.batch_size,
         lock_timeout_ms=settings.run.lock_timeout_ms,
         backup_rows=int(run.facts.get("fase2_backup", {}).get("row_count", 0)),
+        batch_sizes=list(conversion.get("batch_sizes", [])),
         started=started,
         ended=ended,
     )
