@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -259,19 +260,43 @@ def test_sizes_are_shown_in_the_largest_fitting_unit(size: int, shown: str) -> N
     assert jr._size(size) == shown
 
 
+def _free_mb(folder: Path) -> float:
+    import shutil
+
+    return shutil.disk_usage(folder).free / 2**20
+
+
 def test_room_is_looked_at_without_writing(tmp_path: Path) -> None:
     line = room_line(tmp_path / "not" / "yet", 1, "logs")
     assert line.startswith(f"logs {tmp_path / 'not' / 'yet'}: writable, ") and "needs" not in line
     assert not (tmp_path / "not").exists()
-    assert room_line(tmp_path, 10**12, "logs").endswith(
-        " free (a run needs it writable with 1e+12 MiB free)")
+    need = round(2 * _free_mb(tmp_path))  # twice what is free: short whatever else writes meanwhile
+    assert room_line(tmp_path, need, "logs").endswith(
+        f" free (a run needs it writable with {need:g} MiB free)")
 
 
 def test_room_is_checked_by_writing(tmp_path: Path) -> None:
     assert jr.check_room(tmp_path / "d", 1, "logs").startswith(f"logs {tmp_path / 'd'} writable, ")
     assert list((tmp_path / "d").iterdir()) == []       # the probe file is gone
-    with pytest.raises(jr.StorageFault, match=r"less than the 1000000000000 MiB a run needs"):
-        jr.check_room(tmp_path, 10**12, "logs")
+    need = round(2 * _free_mb(tmp_path))
+    with pytest.raises(jr.StorageFault) as caught:
+        jr.check_room(tmp_path, need, "logs")
+    assert re.fullmatch(
+        rf"logs {re.escape(str(tmp_path))} has \d+ MiB free, less than the {need} MiB a run needs "
+        r"\(\[paths\] min_free_mb\); nothing was changed; free space or make it writable, then run again",
+        str(caught.value)), str(caught.value)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(jr.StorageFault, match="nothing was changed; free space or make it writable"):
+        jr.check_room(tmp_path / "file", 1, "logs")   # not a folder
+
+
+def test_an_unknown_run_names_the_five_most_recent(tmp_path: Path) -> None:
+    for n in range(6):
+        write_journal(tmp_path, f"20260122T10150{n}Z-fase2-aaaa")
+    with pytest.raises(UsageError) as caught:
+        find_run(tmp_path, "nope")
+    assert "(recent runs: " + ", ".join(f"20260122T10150{n}Z-fase2-aaaa" for n in range(1, 6)) + ")" in str(
+        caught.value)
 
 
 # --- the repository lock ----------------------------------------------------------------------------
@@ -444,3 +469,123 @@ def test_a_restore_refuses_without_definitions_a_missing_file_or_a_changed_one(t
         restore_run(_Run({"fase3_backup": {"file": str(path), "sha256": recorded}}))  # type: ignore[arg-type]
     assert str(caught.value) == (f"{path} does not match the checksum recorded by the run: refusing "
                                  "to execute SQL from a file changed since")
+
+
+# --- FASE 3's object list: the migrations as PostgreSQL's parser reads them -------------------------
+
+
+@pytest.mark.parametrize(("migrations", "labels"), [
+    # an overload dropped by its arguments; the other stays
+    (["CREATE FUNCTION f(p uuid) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;"
+      "CREATE FUNCTION f(p text, q int) RETURNS int LANGUAGE sql AS $$ SELECT 2 $$;",
+      "DROP FUNCTION f(uuid);"], ["f(text, integer)"]),
+    (["CREATE FUNCTION f(p uuid) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
+      "DROP FUNCTION f(text, integer);"], ["f(uuid)"]),
+    (["CREATE FUNCTION f(p uuid) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
+      "DROP FUNCTION f;"], []),                                   # no arguments: the only f
+    (["CREATE PROCEDURE p(a int) LANGUAGE sql AS $$ SELECT 1 $$;", "DROP PROCEDURE p(int);"], []),
+    (["CREATE VIEW v1 AS SELECT 1; CREATE VIEW v2 AS SELECT 2; CREATE VIEW v3 AS SELECT 3;",
+      "DROP VIEW v1, v3;"], ["v2"]),
+    (["CREATE INDEX idx_a ON leads (a);", "DROP TABLE idx_a;"], ["idx_a"]),   # not the index
+    (["CREATE INDEX idx_a ON leads (a);", "ALTER TABLE leads RENAME TO leads_old;"], ["idx_a"]),
+    (["CREATE INDEX idx_a ON app.leads (a);", "ALTER INDEX app.idx_a RENAME TO idx_b;"], ["app.idx_b"]),
+    (["CREATE INDEX idx_a ON leads (a);", "ALTER INDEX idx_a RENAME TO idx_b;"], ["idx_b"]),
+    (["CREATE VIEW idx_a AS SELECT 1; CREATE INDEX idx_a2 ON t (a);",
+      "ALTER INDEX idx_a RENAME TO idx_z;"], ["idx_a", "idx_a2"]),  # an index's rename, not the view's
+    (["CREATE MATERIALIZED VIEW app.mv AS SELECT 1;",
+      "ALTER MATERIALIZED VIEW app.mv RENAME TO mv2;"], ["app.mv2"]),
+    (["CREATE FUNCTION app.f(p uuid) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
+      "ALTER FUNCTION app.f(uuid) RENAME TO g;"], ["app.g(uuid)"]),
+    (["CREATE FUNCTION f(p uuid) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
+      "ALTER FUNCTION f(uuid) RENAME TO g;"], ["g(uuid)"]),
+    (["CREATE FUNCTION f(p uuid) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
+      "ALTER FUNCTION f(text) RENAME TO g;"], ["f(uuid)"]),        # another overload
+    (["CREATE FUNCTION f(a uuid, OUT b int, INOUT c text, VARIADIC d int[]) RETURNS record "
+      "LANGUAGE sql AS $$ SELECT 1, 'x' $$;"], ["f(uuid, text, integer[])"]),
+    (["CREATE FUNCTION f() RETURNS TABLE (a int) LANGUAGE sql AS $$ SELECT 1 $$;"], ["f()"]),
+    (["CREATE TABLE t (a int); CREATE SEQUENCE s; ALTER TABLE t ADD b int;"], []),
+    (["CREATE VIEW v AS SELECT 1; CREATE OR REPLACE VIEW v AS SELECT 2;"], ["v"]),  # once
+])
+def test_the_objects_the_migrations_leave(migrations: list[str], labels: list[str]) -> None:
+    from rollback.fase3 import apply_migration
+
+    objects: list[DbObject] = []
+    for text in migrations:
+        objects = apply_migration(text, objects)
+    assert [o.label for o in objects] == labels
+
+
+def test_an_object_is_known_by_kind_name_and_for_a_function_its_arguments() -> None:
+    assert DbObject("function", "app.f", "uuid, text").label == "app.f(uuid, text)"
+    assert DbObject("view", "app.v", "").label == "app.v"
+    assert DbObject("function", "f").as_dict() == {"kind": "function", "name": "f", "args": ""}
+
+
+def _git(repo: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True, env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
+                                          "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+                          ).stdout.strip()
+
+
+def _repo(tmp_path: Path, files: dict[str, str]) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "migrations").mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (repo / "migrations" / name).write_text(text)
+    (repo / "README").write_text("x")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "migrations")
+    return repo
+
+
+def test_objects_come_from_the_migrations_in_file_name_order(tmp_path: Path) -> None:
+    from rollback.fase3 import objects_in_repo
+    from rollback.profile import load_profile
+
+    repo = _repo(tmp_path, {"030_b.sql": "ALTER INDEX idx_a RENAME TO idx_c;",
+                            "030_a.sql": "CREATE INDEX idx_a ON t (a); CREATE VIEW v AS SELECT 1;",
+                            "020_other.sql": "CREATE INDEX idx_not_fase3 ON t (a);"})
+    head = _git(repo, "rev-parse", "HEAD")
+    found = objects_in_repo(load_profile("contract"), repo)
+    assert found.labels == ("idx_c", "v")
+    assert found.files == ("HEAD:migrations/030_a.sql", "HEAD:migrations/030_b.sql")
+    assert objects_in_repo(load_profile("contract"), repo, head).files[0] == f"{head}:migrations/030_a.sql"
+
+
+def test_migrations_removed_since_are_read_at_their_last_version(tmp_path: Path) -> None:
+    from rollback.fase3 import objects_in_repo
+    from rollback.profile import load_profile
+
+    repo = _repo(tmp_path, {"030_a.sql": "CREATE INDEX idx_a ON t (a);"})
+    (repo / "migrations" / "030_a.sql").write_text("CREATE INDEX idx_a2 ON t (a);")
+    _git(repo, "commit", "-q", "-am", "second version")
+    last = _git(repo, "rev-parse", "HEAD")
+    _git(repo, "rm", "-q", "migrations/030_a.sql")
+    _git(repo, "commit", "-q", "-m", "rollback removed it")
+    removed = _git(repo, "rev-parse", "HEAD")
+    found = objects_in_repo(load_profile("contract"), repo)
+    assert found.labels == ("idx_a2",)
+    assert found.files == (f"{removed}^:migrations/030_a.sql",)
+    assert _git(repo, "rev-parse", f"{removed}^") == last
+
+
+@pytest.mark.parametrize(("files", "says"), [
+    ({"020_a.sql": "CREATE INDEX i ON t (a);"},
+     "matches [platform.phases.fase3] migrations (migrations/030_*.sql), at HEAD or in its history"),
+    ({"030_a.sql": "CREATE TABLE t (a int);"},
+     "no CREATE INDEX/VIEW/FUNCTION in FASE 3's migrations (HEAD:migrations/030_a.sql)"),
+    ({"030_a.sql": "CREATE INDEX i ON t (a;"},
+     "PostgreSQL's parser cannot read migrations/030_a.sql at HEAD: "),
+])
+def test_no_object_list_is_guessed(tmp_path: Path, files: dict[str, str], says: str) -> None:
+    from rollback.fase3 import objects_in_repo
+    from rollback.profile import load_profile
+
+    repo = _repo(tmp_path, files)
+    with pytest.raises(StepFailed) as caught:
+        objects_in_repo(load_profile("contract"), repo)
+    assert says in str(caught.value)
