@@ -30,10 +30,10 @@ from rollback.monitor.alerts import AlertBook
 from rollback.monitor.checks import Cycle
 from rollback.probes import USER_AGENT, probe_api_health, probe_database, sample_endpoints
 from sandbox import control
-from tests.conftest import ROOT, Sandbox, run_cli
+from tests.conftest import Sandbox, run_cli
 from tests.receivers import SECRET, Receiver
-from tests.reliability import FakeApi, gate_checks, start, wait_gone, wait_until
-from tests.targets import Target, make_target
+from tests.reliability import FakeApi, start, wait_gone, wait_until
+from tests.targets import make_target
 
 T = TypeVar("T")
 
@@ -72,14 +72,14 @@ def fake_api() -> Iterator[Callable[[str], str]]:
         fake.close()
 
 
-def health_checks(target: Target) -> int:
-    """How many checks `rollback health` selects (`-m health`), as pytest collects them."""
-    listed = subprocess.run([sys.executable, "-m", "pytest", "checks", "-m", "health", "--collect-only",
-                             "-q", "-p", "no:cacheprovider"], cwd=ROOT, env=target.env(),
-                            capture_output=True, text=True, timeout=50, check=False)
-    found = re.search(r"(\d+)(?:/\d+)? tests? (?:collected|selected)", listed.stdout)
-    assert found is not None and int(found.group(1)) > 0, listed.stdout[-1000:] + listed.stderr
-    return int(found.group(1))
+def selected_checks(report_dir: Path) -> int | None:
+    """How many checks a validation selected, as its pytest.log's header says; None when it was
+    stopped before pytest had collected them."""
+    log = (report_dir / "pytest.log").read_text()
+    found = re.search(r"collected (\d+) items?(?: / (\d+) deselected / (\d+) selected)?", log)
+    if found is None:
+        return None
+    return int(found.group(3) or found.group(1))
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -420,6 +420,7 @@ def test_sigterm_stops_the_continuous_monitor_facing_an_endless_api_with_its_sum
     assert "Traceback" not in output
 
 
+@pytest.mark.timeout(120)  # a fresh sandbox, then a whole CLI run: 60 s is tight on a busy machine
 def test_health_once_against_a_hung_api_stops_at_its_overall_budget(
     fresh_sandbox: Sandbox, tmp_path: Path, fake_api: Callable[[str], str]
 ) -> None:
@@ -436,19 +437,29 @@ def test_health_once_against_a_hung_api_stops_at_its_overall_budget(
                         r"(\d+) skipped in", done.stdout)
     assert summary is not None, done.stdout[-1000:]
     reached = sum(int(n) for n in summary.groups())
-    assert reached < health_checks(target), (reached, done.stdout[-1000:])
+    (report_dir,) = target.reports.glob("*-health")
+    selected = selected_checks(report_dir)
+    assert selected is not None or reached == 0, done.stdout[-1000:]  # stopped even before collecting
+    assert selected is None or reached < selected, (reached, selected, done.stdout[-1000:])
 
 
+@pytest.mark.timeout(120)  # a fresh sandbox, then a whole CLI run: 60 s is tight on a busy machine
 def test_sigterm_stops_health_once_and_its_checks_with_exit_130(
     fresh_sandbox: Sandbox, tmp_path: Path, fake_api: Callable[[str], str]
 ) -> None:
     target = make_target(fresh_sandbox, tmp_path / "t")
     once = start(target, "health", folder=tmp_path, name="once", API_BASE_URL=fake_api("silent"))
-    checks = wait_until(lambda: gate_checks(once), "the health checks to start", once, timeout=30)
+
+    def checking() -> bool:  # the checks run in the command's process (a child only with -n)
+        logs = list(target.reports.glob("*-health/pytest.log"))
+        return bool(logs) and "collected" in logs[0].read_text()
+
+    wait_until(checking, "the health checks to start", once, timeout=60)
+    checks = once.children()
     try:
         once.process.send_signal(signal.SIGTERM)
         code = once.wait(timeout=20)
-        wait_gone(checks, timeout=2)  # no pytest outlives the command
+        wait_gone(checks, timeout=2)  # nothing it started outlives the command
     finally:
         once.process.kill()
         for process in checks:
