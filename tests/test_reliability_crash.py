@@ -403,14 +403,23 @@ def test_sessions_ended_mid_conversion_stop_the_run_with_one_line_and_it_resumes
     ids = [r[0] for r in box.sql("SELECT id::text FROM api_keys WHERE scope_type = 'branch' ORDER BY id")]
     lock_key = "SELECT 1 FROM api_keys WHERE id = %s FOR UPDATE"
 
-    def cut(name: str, batch: int, sessions: str) -> tuple[Driver, str]:
-        """Run until batch `batch` + 1 is blocked, then end the run's `sessions` on the server."""
-        with row_locked(box, lock_key, (ids[batch * BATCHES["batch_size"]],)):
+    size = BATCHES["batch_size"]
+
+    def cut(name: str, batch: int, sessions: str) -> tuple[int, str]:
+        """Run until the walk is blocked on a key `batch` batches in (fewer should a busy machine
+        make a batch overrun its lock budget and the walk take smaller ones), then end the run's
+        `sessions` on the server; returns the batches committed and the run's one error line."""
+        runs = target.runs()
+        done = len(progress_rows(box, runs[0].run_id)) if runs else 0
+        order = walk_order(box, runs[0].run_id) if runs else [r[0] for r in box.sql(
+            "SELECT id::text FROM api_keys WHERE scope_type = 'branch' ORDER BY ctid")]
+        key = order[min((batch - done) * size, len(order) - 1)]
+        with row_locked(box, lock_key, (key,)):
             driver = start(target, "run", "fase2", "--yes", folder=tmp_path, name=name)
             wait_until(lambda: list(target.logs.glob("*/journal.jsonl")), "a journal", driver)
             app = application(target)
-            wait_until(lambda: len(progress_rows(box, run_id_of(target))) == batch
-                       and waiting_on_a_lock(box, app), f"batch {batch + 1} blocked", driver)
+            wait_until(lambda: waiting_on_a_lock(box, app), f"the walk blocked at {key}", driver)
+            depth = len(progress_rows(box, run_id_of(target)))
             ended = box.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                             f"WHERE application_name LIKE %s AND {sessions}", (app + "%",))
             assert ended, f"no session matched {sessions}"
@@ -419,26 +428,31 @@ def test_sessions_ended_mid_conversion_stop_the_run_with_one_line_and_it_resumes
             assert driver.wait(timeout=60) == 1, driver.output()[-2000:]
         failed = target.only_run("fase2")
         assert failed.state == "failed" and failed.failed_step == "database" and failed.resumable
-        assert len(progress_rows(box, run_id_of(target))) == batch  # nothing half-done
-        return driver, only_error_line(driver)
+        rows = progress_rows(box, run_id_of(target))
+        assert done <= depth == len(rows), (done, depth, len(rows))  # nothing half-done
+        left = box.sql("SELECT count(*) FROM api_keys WHERE scope_type = 'branch'")[0][0]
+        assert left == len(ids) - sum(n for _, n in rows), "keys converted and progress rows disagree"
+        return depth, only_error_line(driver)
 
     # the advisory lock's session alone: the run must not go on unprotected
-    _, line = cut("1-lock-session", 2, "state = 'idle'")
+    first, line = cut("1-lock-session", 2, "state = 'idle'")
     assert "lost the database lock" in line and "rollback run fase2" in line
     # every session of the run, as a restarting server does. A lock timeout longer than the test
     # keeps the batch inside its blocked statement, so that its ended session is what it meets:
     # with the short one the end can land between two attempts (more often on a loaded
     # machine), where the lost lock is found first
     make_target(box, tmp_path / "t", run={**BATCHES, "lock_timeout_ms": 120_000})
-    _, line = cut("2-all-sessions", 4, "true")
+    second, line = cut("2-all-sessions", 4, "true")
     assert "lost the database connection during the key conversion" in line
     assert "rollback run fase2" in line
+    assert 0 < first < second, (first, second)  # each cut deeper in the walk than the last
     make_target(box, tmp_path / "t", run=BATCHES)
 
     run_id = run_id_of(target)
     resumed = target.rollback("run", "fase2", "--yes")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming run {run_id}" in resumed.stdout and "continuing after batch 4" in resumed.stdout
+    assert f"resuming run {run_id}" in resumed.stdout
+    assert f"continuing after batch {second}" in resumed.stdout
     assert [(e["previous"]["state"], e["previous"]["step"]) for e in resume_events(target)] == \
         [("failed", "database"), ("failed", "database")]
     rows = progress_rows(box, run_id)
