@@ -395,8 +395,23 @@ def test_a_lock_file_replaced_meanwhile_is_not_removed_by_the_old_holder(tmp_pat
 
 
 def test_a_process_is_alive_until_it_is_gone() -> None:
+    import subprocess
+    import time
+
     assert pid_alive(os.getpid())
     assert not pid_alive(2**22 + 12345)
+    child = subprocess.Popen(["true"])
+    try:
+        for _ in range(6000):  # until it has exited and is a zombie (not waited for yet)
+            with open(f"/proc/{child.pid}/stat") as handle:
+                if handle.read().split(") ", 1)[1][0] == "Z":
+                    break
+            time.sleep(0.005)
+        else:
+            pytest.fail("the child never exited")
+        assert not pid_alive(child.pid)   # a zombie is not alive
+    finally:
+        child.wait()
 
 
 @pytest.mark.parametrize(("exc", "line"), [
@@ -424,6 +439,7 @@ I2 = DbObject("index", "idx_2")
     ([V, F], {(V, F), (F, V)}, [V, F]),                     # a cycle: by kind again
     ([V], {(V, V)}, [V]),                                   # on itself: no wait
     ([I1, I2, V], {(I1, I2)}, [V, I1, I2]),
+    ([V, F, I1], {(I1, F), (F, V)}, [I1, F, V]),            # a chain against the kinds' order
 ])
 def test_drop_order(objects: list[DbObject], edges: set[tuple[DbObject, DbObject]],
                     order: list[DbObject]) -> None:

@@ -242,3 +242,23 @@ def test_the_version_source_is_described_with_its_host_filled_in() -> None:
     tistis = load_profile("tistis")
     assert tistis.version.describe("http://127.0.0.1:8123") == "`vercel inspect 127.0.0.1:8123`"
     assert load_profile("contract").version.describe() == "the health body's 'version'"
+
+
+@pytest.mark.parametrize(("source", "described"), [
+    ({"source": "header", "header": "X-Version"}, "the health answer's X-Version header"),
+    ({"source": "none"}, "nothing"),
+    ({"source": "command", "command": "vercel inspect {api_host}"}, "`vercel inspect {api_host}`"),
+])
+def test_each_version_source_is_described(source: dict[str, str], described: str) -> None:
+    from rollback.profile import VersionSource
+
+    assert VersionSource(**source).describe() == described
+
+
+def test_a_resource_is_found_by_its_name_and_an_unknown_path_is_named() -> None:
+    contract = load_profile("contract")
+    assert [contract.resource(r.name) for r in contract.resources] == list(contract.resources)
+    assert contract.resource("nope") is None
+    with pytest.raises(KeyError) as caught:
+        contract.resource_at("/v1/nope")
+    assert caught.value.args == ("/v1/nope is not a list endpoint of profile contract",)

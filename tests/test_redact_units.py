@@ -143,3 +143,10 @@ def test_a_runs_log_hides_its_secrets_and_its_notification_tokens(tmp_path: Path
     run = Run(settings, Options("fase1"), SilentUi(), dry=True,
               started=datetime(2026, 1, 22, 10, 15, tzinfo=UTC))
     assert run.redact("db pw-9f8e7d, hook TokenB said no") == f"db {MASK}, hook {MASK} said no"
+
+
+def test_a_secret_with_non_ascii_text_is_masked_as_repr_quotes_it() -> None:
+    # repr() keeps the ä but escapes the newline; unicode_escape escapes both: each form is known
+    redact = Redactor(["pässwort-1\n"])
+    assert redact("header b'pässwort-1\\n'") == f"header b'{MASK}'"
+    assert redact("json p\\xe4sswort-1\\n") == f"json {MASK}"
