@@ -599,3 +599,15 @@ def test_every_endpoint_over_the_limit_is_listed() -> None:
     assert said == "fail" and message.startswith(
         "error rate 6.4% >= limit 5.0% (70 of 1100 requests failed: 70x 500; per endpoint "
         "/a: 30 of 100 (30.0%); /b: 40 of 100 (40.0%)); first: GET /a -> 500 boom"), message
+
+
+@pytest.mark.parametrize(("answers", "why"), [
+    ((Outcome("/v1/leads", "/v1/leads", 500, 3.0, body="boom"),), "({'500': 1}): 500 boom"),
+    ((Outcome("/v1/leads", "/v1/leads", 404, 3.0),), "({'404': 1}): 404"),
+    ((), "({}): no request was answered"),
+])
+def test_latency_with_no_successful_answer_says_what_came_instead(answers: tuple[Outcome, ...],
+                                                                  why: str) -> None:
+    sample = Sample("/v1/leads", answers)
+    assert judged(lambda: expect_latency(sample, Thresholds(), Evidence())) == (
+        "fail", f"no request to /v1/leads could be timed, none answered successfully {why}")
