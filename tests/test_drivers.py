@@ -456,6 +456,12 @@ def test_killed_run_mid_conversion_is_taken_over_and_continues_its_batches(targe
     killed = target.only_run("fase2")
     assert killed.steps["database"]["state"] == "running"
 
+    # a batch is one statement: the dead driver's session may still commit the one in flight
+    deadline = time.monotonic() + 30
+    while box.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                  (f"rollback {killed.run_id}",))[0][0]:
+        assert time.monotonic() < deadline, "the dead driver's sessions never went away"
+        time.sleep(0.05)
     committed = box.sql("SELECT count(*) FROM rollback_backup.fase2_progress")[0][0]
     resumed = small.rollback("run", "fase2", "--yes")
     assert resumed.returncode == 0, resumed.stderr
