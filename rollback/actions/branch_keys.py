@@ -487,6 +487,9 @@ def _relation_pages(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
+#: what a sweep batch returns when every key it found had changed before it locked them
+SWEEP_AGAIN = -2
+
 _WALK = """
     WITH next AS MATERIALIZED (
         SELECT k.ctid AS tid FROM api_keys k
@@ -539,8 +542,9 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     converts.
 
     **The sweep.** Then, until none remains, every key still branch-scoped is locked (by id,
-    FOR UPDATE), its pre-image added to the backup if it has none (a key made branch-scoped
-    after the backup; a moved key keeps the pre-image it has), converted, with a progress row.
+    FOR NO KEY UPDATE, found before the lock is taken), its pre-image added to the backup if it
+    has none (a key made branch-scoped after the backup; a moved key keeps the pre-image it
+    has), converted, with a progress row.
     If the sweep added to the backup, the backup's CSV and checksum are written again.
     """
     result = Conversion()
@@ -602,16 +606,26 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     result.sizes = (sizer.smallest, sizer.largest)
 
     def late_batch() -> int:
+        """Find the keys without a lock (after the walk the scope index is full of entries of
+        converted rows: the search can take seconds), then, in a short transaction, lock those
+        still branch-scoped FOR NO KEY UPDATE: the API's usage log rows (a foreign key check,
+        FOR KEY SHARE) never wait for it, and its last-use updates wait for one batch only."""
         nonlocal batch
         guard()
+        found = [r[0] for r in conn.execute(
+            "SELECT id FROM api_keys WHERE scope_type = 'branch' ORDER BY id LIMIT %s",
+            (policy.size,)).fetchall()]
+        conn.commit()
+        if not found:
+            return -1
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                 sql.Literal(f"{policy.lock_timeout_ms}ms")))
             ids = [r[0] for r in conn.execute(
-                "SELECT id FROM api_keys WHERE scope_type = 'branch' ORDER BY id LIMIT %s "
-                "FOR UPDATE", (policy.size,)).fetchall()]
+                "SELECT id FROM api_keys WHERE id = ANY(%s) AND scope_type = 'branch' ORDER BY id "
+                "FOR NO KEY UPDATE", (found,)).fetchall()]
             if not ids:
-                return -1
+                return SWEEP_AGAIN  # converted or re-scoped by someone else meanwhile
             added = conn.execute(sql.SQL(
                 "INSERT INTO {} SELECT k.*, %s FROM api_keys k WHERE k.id = ANY(%s) "
                 "ON CONFLICT (id) DO NOTHING").format(backup), (run_id, ids)).rowcount
@@ -626,6 +640,8 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
 
     while True:
         done = _retrying(policy, "late keys", result, log, late_batch)
+        if done == SWEEP_AGAIN:
+            continue
         if done < 0:
             break
         result.batches += 1
