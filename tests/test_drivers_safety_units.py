@@ -605,3 +605,104 @@ def test_no_object_list_is_guessed(tmp_path: Path, files: dict[str, str], says: 
     with pytest.raises(StepFailed) as caught:
         objects_in_repo(load_profile("contract"), repo)
     assert says in str(caught.value)
+
+
+# --- the journal as written: whole lines, a torn tail cut once, runs in the order they started ----
+
+
+def test_a_torn_tail_is_cut_before_the_next_line_and_whole_lines_are_kept(tmp_path: Path) -> None:
+    journal = jr.Journal.create(tmp_path / "a" / "b", "r1")   # its folders made as needed
+    journal.write("run_started", phase="fase2")
+    journal.write("step_finished", step="code")
+    with journal.path.open("ab") as handle:
+        handle.write(b'{"ts": "2026-01-22T10:15:00.000Z", "event": "step_fin')   # died mid-line
+    later = jr.Journal(journal.path, "r1")                    # the next process
+    later.write("run_resumed")
+    lines = journal.path.read_text().splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["run_started", "step_finished", "run_resumed"]
+    record = replay(journal.path)
+    assert record.damaged == 0 and record.path == journal.path and record.run_id == "r1"
+    clean = journal.path.read_bytes()
+    jr.Journal(journal.path, "r1").write("run_interrupted")   # no torn tail: nothing is cut
+    assert journal.path.read_bytes().startswith(clean)
+
+
+def test_a_journal_that_is_only_a_torn_line_is_cut_to_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(b'{"ts": "2026')
+    jr.Journal(path, "r1").write("run_started", phase="fase2")
+    assert [json.loads(line)["event"] for line in path.read_text().splitlines()] == ["run_started"]
+
+
+def test_a_journal_line_is_the_event_first_then_its_data_as_json(tmp_path: Path) -> None:
+    journal = jr.Journal.create(tmp_path, "r1")
+    entry = journal.write("step_finished", step="code", facts={
+        "at": datetime(2026, 1, 22, 10, 15, tzinfo=UTC), "file": Path("/x/y"), "ids": ("b", "a"),
+        "z": 1, "a": 2})
+    line = journal.path.read_text()
+    assert line.startswith('{"ts": "') and '"run_id": "r1", "event": "step_finished", "step": "code"' in line
+    assert json.loads(line)["facts"] == {"at": "2026-01-22T10:15:00.000Z", "file": "/x/y",
+                                         "ids": ["b", "a"], "z": 1, "a": 2}
+    assert list(json.loads(line)["facts"]) == ["at", "file", "ids", "z", "a"]   # as given, not sorted
+    assert entry["run_id"] == "r1" and entry["event"] == "step_finished"
+    with pytest.raises(UsageError, match="already exists: run r1 was already started"):
+        jr.Journal.create(tmp_path, "r1")
+    (tmp_path / "r2").mkdir()
+    assert jr.Journal.create(tmp_path, "r2").run_id == "r2"   # its folder may be there already
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (datetime(2026, 1, 22, 10, 15, tzinfo=UTC), "2026-01-22T10:15:00.000Z"), (Path("/a/b"), "/a/b"),
+    ({1}, [1]), (frozenset({2}), [2]), ((3, 4), [3, 4]), (object, "<class 'object'>"),
+])
+def test_what_json_cannot_say_is_written_as_text_or_a_list(value: Any, shown: Any) -> None:
+    assert jr._json_default(value) == shown
+
+
+def test_a_blank_line_in_the_middle_is_skipped(tmp_path: Path) -> None:
+    path = write_journal(tmp_path, "r1")
+    with path.open("a") as handle:
+        handle.write("\n   \n" + json.dumps(ev("step_finished", step="code")) + "\n")
+    assert replay(path).completed == ["code"] and replay(path).damaged == 0
+    assert replay(path).started_at == datetime(2026, 1, 22, 10, 15, tzinfo=UTC)
+
+
+def test_runs_are_listed_in_the_order_they_started_and_a_bad_journal_anywhere_is_skipped(
+        tmp_path: Path) -> None:
+    (tmp_path / "0-bad").mkdir()
+    (tmp_path / "0-bad" / "journal.jsonl").write_text(json.dumps(ev("step_started")) + "\n")
+    write_journal(tmp_path, "a-later")
+    early = write_journal(tmp_path, "b-earlier")
+    text = early.read_text().replace(T0, "2026-01-22T09:00:00.000Z", 1)
+    early.write_text(text)
+    assert [r.run_id for r in all_runs(tmp_path)] == ["b-earlier", "a-later"]
+
+
+def test_a_later_attempts_preflight_adds_to_the_work_before_it() -> None:
+    record = RunRecord("r1", "fase2", Path("j"))
+    for event in [ev("run_started", 0), ev("step_finished", 10, step="code"), ev("run_resumed", 100),
+                  ev("step_finished", 100, step="preflight", duration_s=2.5),
+                  ev("step_finished", 100, step="preflight")]:   # no duration: nothing to add
+        jr._apply(record, event)
+    assert record.worked_s == pytest.approx(12.5)
+
+
+def test_steps_said_without_their_details_keep_empty_ones() -> None:
+    record = RunRecord("r1", "fase2", Path("j"))
+    jr._apply(record, ev("step_finished", 1, step="a"))
+    jr._apply(record, ev("step_failed", 2, step="b"))
+    jr._apply(record, ev("step_undone", 3, step="c"))
+    jr._apply(record, ev("restore_started", 4))
+    assert record.steps == {"a": {"state": "done", "duration_s": None, "summary": ""},
+                            "b": {"state": "failed", "duration_s": None, "error": ""},
+                            "c": {"state": "undone", "reason": ""}}
+    assert record.restores == [{"started_at": ts(4), "state": "running"}]
+    jr._apply(record, ev("run_abandoned", 5))
+    assert record.state == "abandoned" and record.finished_at == datetime(2026, 1, 22, 10, 15, 5, tzinfo=UTC)
+
+
+def test_a_stale_lock_file_that_is_no_object_is_taken_over_silently(tmp_path: Path) -> None:
+    lock_path(tmp_path).write_text("[1]")
+    lock = RepoLock(tmp_path, "r1", "fase2")
+    assert lock.acquire() is None and read_holder(tmp_path)["run_id"] == "r1"  # type: ignore[index]
+    lock.release()
