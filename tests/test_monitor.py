@@ -154,18 +154,21 @@ def test_database_probe_session_is_read_only(box: Sandbox) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # a monitor process through an outage and back: 60 s is tight on a busy machine
 def test_api_outage_sends_one_alert_and_one_recovery_and_shows_in_metrics_and_report(
     fresh_sandbox: Sandbox, receiver: Receiver, tmp_path: Path
 ) -> None:
     env = fresh_sandbox.env(ROLLBACK_NOTIFY_URLS=receiver.url())
     port = control.free_port()
     monitor = subprocess.Popen(
-        [sys.executable, "-m", "rollback", "health", "--continuous", "--interval", "1", "--duration", "45s",
+        [sys.executable, "-m", "rollback", "health", "--continuous", "--interval", "1", "--duration", "150s",
          "--metrics-port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        wait_for("three healthy cycles", lambda: scrape(port).get("rollback_health_cycles_total", 0) >= 3)
+        # the process starts first (imports, the metrics server): slow on a busy machine
+        wait_for("three healthy cycles", lambda: scrape(port).get("rollback_health_cycles_total", 0) >= 3,
+                 timeout=60)
         assert scrape(port)["rollback_health_up"] == 1
 
         control.stop_api(fresh_sandbox.state)
@@ -399,6 +402,7 @@ def test_the_monitor_commands_are_on_the_toolkit_cli() -> None:
     assert "prune" in cli.commands["logs"].commands  # type: ignore[attr-defined]
 
 
+@pytest.mark.timeout(120)  # a fresh sandbox, then a monitor process: 60 s is tight on a busy machine
 def test_sigterm_stops_the_continuous_monitor_facing_an_endless_api_with_its_summary(
     fresh_sandbox: Sandbox, tmp_path: Path, fake_api: Callable[[str], str]
 ) -> None:
@@ -409,7 +413,9 @@ def test_sigterm_stops_the_continuous_monitor_facing_an_endless_api_with_its_sum
     try:
         wait_until(lambda: monitor.output().count(" cycle=") >= 2, "two cycles", monitor, timeout=30)
         monitor.process.send_signal(signal.SIGTERM)
-        code = monitor.wait(timeout=10)  # the cycle in progress ends within its probe timeout
+        # the cycle in progress ends within its 1 s probe timeout (the body never ends: any exit
+        # at all is the timeout's); 30 s leaves room for a busy machine to write the summary
+        code = monitor.wait(timeout=30)
     finally:
         if monitor.alive():
             monitor.process.kill()

@@ -417,6 +417,7 @@ def test_a_failed_build_leaves_production_alone(tistis: Tistis) -> None:
         tistis.git("reset", "-q", "--hard", head)
 
 
+@pytest.mark.timeout(180)  # three builds and deploys, then two switches: over 60 s on a busy machine
 def test_revert_one_phase_at_a_time_deploy_and_roll_back(tistis: Tistis) -> None:
     """FASE 3, 2, 1 reverted in turn (files removed, hunks reverse-applied), each deployed
     with `vercel --prod --yes`; then `vercel rollback` and `vercel promote` switch production
