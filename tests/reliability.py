@@ -8,6 +8,7 @@ the test's own) and `state_of` (what an operator can observe of the target).
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import threading
@@ -146,7 +147,11 @@ def step_started(target: Target, driver: Driver, step: str) -> bool:
 
 
 def kill(driver: Driver) -> list[psutil.Process]:
-    """SIGKILL the driver alone (no handler runs); returns the children it leaves behind."""
+    """SIGKILL the driver alone (no handler runs); returns the children it leaves behind.
+
+    It is stopped (SIGSTOP) first, so that no child is forked between listing them and the kill:
+    a command missed so would hold the repository lock it inherits while the test goes on."""
+    driver.process.send_signal(signal.SIGSTOP)
     orphans = driver.children()
     driver.process.kill()
     driver.process.wait(timeout=10)
