@@ -160,14 +160,17 @@ def test_an_empty_or_old_state_starts_clean() -> None:
     assert CheckState.from_json({}) == CheckState()
 
 
-@pytest.mark.parametrize(("fire", "resolve", "remind"), [
-    (0, 2, timedelta(minutes=1)), (2, 0, timedelta(minutes=1)), (2, 2, timedelta(0)),
-    (2, 2, timedelta(seconds=-1)),
+@pytest.mark.parametrize(("fire", "resolve", "remind", "says"), [
+    (0, 2, timedelta(minutes=1), "fire_after and resolve_after must be at least 1"),
+    (2, 0, timedelta(minutes=1), "fire_after and resolve_after must be at least 1"),
+    (2, 2, timedelta(0), "remind_every must be positive"),
+    (2, 2, timedelta(seconds=-1), "remind_every must be positive"),
 ])
 def test_a_policy_that_would_never_or_always_notify_is_refused(fire: int, resolve: int,
-                                                               remind: timedelta) -> None:
-    with pytest.raises(ValueError, match=r"at least 1|must be positive"):
+                                                               remind: timedelta, says: str) -> None:
+    with pytest.raises(ValueError) as caught:
         Policy(fire, resolve, remind)
+    assert str(caught.value) == says
 
 
 def test_the_smallest_policy_is_accepted_and_the_default_is_two_two_fifteen() -> None:

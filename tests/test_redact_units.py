@@ -150,3 +150,13 @@ def test_a_secret_with_non_ascii_text_is_masked_as_repr_quotes_it() -> None:
     redact = Redactor(["pässwort-1\n"])
     assert redact("header b'pässwort-1\\n'") == f"header b'{MASK}'"
     assert redact("json p\\xe4sswort-1\\n") == f"json {MASK}"
+
+
+def test_query_values_of_four_characters_and_values_holding_an_equals_sign_are_tokens() -> None:
+    assert url_tokens("json://h.example/x?k=abcd&t=a=bcd&s=abc") == [
+        "json://h.example/x?k=abcd&t=a=bcd&s=abc", "abcd", "a=bcd"]
+    assert url_tokens("json://a@b@TokenHost/x")[-1] == "TokenHost"   # the host after the last @
+
+
+def test_a_secret_holding_another_is_masked_whole_whatever_their_alphabetical_order() -> None:
+    assert Redactor(["zz12", "aazz12"])("key aazz12 end") == f"key {MASK} end"
