@@ -209,9 +209,12 @@ class EmbeddedPostgres:
     def start(self) -> None:
         self.clear_stale()
         # fsync off: a sandbox trades durability after an OS crash for speed; never production.
+        # TCP on 127.0.0.1 only, no Unix-domain socket: every client connects by TCP, and a
+        # socket in the sandbox's folder fails the start once its path passes 107 bytes (a deep
+        # --dir) or breaks the option line (a --dir with a space)
         options = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c full_page_writes=off "
-            "-c max_connections=200 -c shared_buffers=128MB"
+            f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories='' -c fsync=off "
+            "-c full_page_writes=off -c max_connections=200 -c shared_buffers=128MB"
         )
         self._pg(
             "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "30",
