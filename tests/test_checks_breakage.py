@@ -22,6 +22,7 @@ import pytest
 from rollback.runs import gitops
 from rollback.validate import ValidationResult, run_validation
 from tests.conftest import Sandbox
+from tests.validations import failed
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +31,6 @@ def validate(box: Sandbox, tmp_path: Path, k: str, *args: str, selection: str = 
              **env: str) -> ValidationResult:
     return run_validation(selection, reports_root=tmp_path, env=box.env(**env),  # type: ignore[arg-type]
                           extra_args=["-k", k, *args])
-
-
-def failed(result: ValidationResult, check: str, *fragments: str) -> None:
-    """`check` failed and its message holds every fragment."""
-    __tracebackhide__ = True
-    outcome = result.check(check)
-    assert outcome.verdict == "fail", f"{check} is {outcome.verdict}; log:\n{result.log.read_text()[-3000:]}"
-    for fragment in fragments:
-        assert fragment in outcome.message, f"{fragment!r} not in {outcome.message!r}"
 
 
 def verdict(result: ValidationResult, check: str) -> str:
