@@ -209,18 +209,11 @@ def ensure_backup_schema(conn: psycopg.Connection[Any], schema: str) -> None:
 def _progress_columns(conn: psycopg.Connection[Any], schema: str) -> None:
     """A progress table made before the walk by physical order gets its position column (and a
     batch that saw only keys converted meanwhile has no last key)."""
-    if has_column_in(conn, schema, "fase2_progress", "next_ctid"):
+    if has_column(conn, "fase2_progress", "next_ctid", schema):
         return
     progress_table = sql.Identifier(schema, "fase2_progress")
     conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS next_ctid tid").format(progress_table))
     conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN last_key_id DROP NOT NULL").format(progress_table))
-
-
-def has_column_in(conn: psycopg.Connection[Any], schema: str, table: str, column: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
-        "AND column_name = %s", (schema, table, column)).fetchone()
-    return row is not None
 
 
 def api_keys_checksum(conn: psycopg.Connection[Any], ids_from: tuple[str, str] | None = None) -> str:

@@ -47,10 +47,12 @@ def read_only(url: str) -> Iterator[psycopg.Connection[Any]]:
         conn.close()
 
 
-def has_column(conn: psycopg.Connection[Any], table: str, column: str) -> bool:
+def has_column(conn: psycopg.Connection[Any], table: str, column: str,
+               schema: str | None = None) -> bool:
+    """Whether `table` in `schema` (the session's current schema by default) has `column`."""
     row = conn.execute(
-        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-        "AND table_name = %s AND column_name = %s", (table, column)).fetchone()
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = coalesce(%s, current_schema()) "
+        "AND table_name = %s AND column_name = %s", (schema, table, column)).fetchone()
     return row is not None
 
 
