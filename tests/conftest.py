@@ -40,6 +40,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from checks._plugin.verdicts import Inconclusive, NothingSeen
 from rollback.profile import Profile, load_profile
 from sandbox import control
 from sandbox.postgres import EmbeddedPostgres
@@ -73,8 +74,21 @@ ENVIRONMENT_SKIPS = ("BROWSER TESTS SKIPPED", "STORAGE FAULT TESTS SKIPPED")
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """A skip raised while fixtures set up, other than an ENVIRONMENT_SKIPS one, fails the test:
     a broken fixture must not pass for a test that did not apply. (Skips of a skip/skipif
-    marker are the marker's, and stay skips.)"""
+    marker are the marker's, and stay skips.)
+
+    A check's `Inconclusive` (or `NothingSeen`) raised out of a test's own body fails it too,
+    unless the test is marked `expects_inconclusive`: both are pytest skips, so a verdict
+    weakened into "inconclusive" would otherwise turn its unit test into a skip, which mutation
+    testing counts as a surviving mutant and a reader of the run as nothing wrong."""
     report: pytest.TestReport = yield
+    if (call.when == "call" and report.skipped and call.excinfo is not None
+            and call.excinfo.errisinstance((Inconclusive, NothingSeen))
+            and item.get_closest_marker("expects_inconclusive") is None):
+        report.outcome = "failed"
+        report.longrepr = (f"the test ended inconclusive ({call.excinfo.value.msg}): mark it "
+                           "expects_inconclusive if that is its expected outcome, or catch the "
+                           "exception (pytest.raises(Inconclusive)) and check its message")
+        return report
     if (call.when == "setup" and report.skipped and call.excinfo is not None
             and call.excinfo.errisinstance(pytest.skip.Exception)
             and item.get_closest_marker("skip") is None and item.get_closest_marker("skipif") is None):

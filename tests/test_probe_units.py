@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import pytest
@@ -27,22 +26,13 @@ from checks.probe import (
     Pacer,
     Sample,
     _again,
+    get,
     make_room,
     sample,
     sample_until_decided,
 )
 
 TIMEOUT_S = 0.5
-
-
-def get(client: httpx.Client, path: str, *args: Any, **kwargs: Any) -> httpx.Response:
-    """`checks.probe.get`, where an inconclusive check fails the test: raised out of a test, it
-    would skip it, and a skipped test lets a mutant pass. The 429 tests call `probe.get`."""
-    __tracebackhide__ = True
-    try:
-        return probe.get(client, path, *args, **kwargs)
-    except Inconclusive as exc:
-        raise AssertionError(f"inconclusive: {exc}") from None
 
 
 class Server:

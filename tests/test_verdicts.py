@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -611,3 +615,42 @@ def test_latency_with_no_successful_answer_says_what_came_instead(answers: tuple
     sample = Sample("/v1/leads", answers)
     assert judged(lambda: expect_latency(sample, Thresholds(), Evidence())) == (
         "fail", f"no request to /v1/leads could be timed, none answered successfully {why}")
+
+
+_ENDS_INCONCLUSIVE = '''
+import pytest
+from checks._plugin.verdicts import inconclusive, saw_nothing
+
+def test_inconclusive():
+    inconclusive("no baseline")
+
+def test_saw_nothing():
+    saw_nothing("no rows")
+
+@pytest.mark.expects_inconclusive
+def test_declared():
+    inconclusive("no baseline")
+
+def test_plain_skip():
+    pytest.skip("not this machine")
+'''
+
+
+def test_a_test_ending_inconclusive_fails_unless_it_expects_to(tmp_path: Path) -> None:
+    """tests/conftest.py's hook, on a test module of its own: an Inconclusive or NothingSeen
+    out of a test's body is a failure (a mutant making a verdict inconclusive is killed), the
+    marker makes it the skip it is, and a plain skip stays a skip."""
+    (tmp_path / "conftest.py").write_text("from tests.conftest import pytest_runtest_makereport\n")
+    (tmp_path / "test_ends.py").write_text(_ENDS_INCONCLUSIVE)
+    root = Path(__file__).resolve().parent.parent
+    shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")  # its markers, strictly
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("MUTANT_UNDER_TEST", None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
+                           "test_ends.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    outcomes = dict(line.split("::", 1)[1].split()[:2] for line in done.stdout.splitlines()
+                    if line.startswith("test_ends.py::"))
+    assert outcomes == {"test_inconclusive": "FAILED", "test_saw_nothing": "FAILED",
+                        "test_declared": "SKIPPED", "test_plain_skip": "SKIPPED"}, done.stdout
+    assert "the test ended inconclusive (no baseline): mark it expects_inconclusive" in done.stdout
