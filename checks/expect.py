@@ -17,16 +17,21 @@ from rollback.config import Thresholds
 from rollback.profile import Resource
 
 __all__ = [
+    "changed_columns",
+    "compared_columns",
     "error_rate_verdict",
+    "expect_backup_rows",
     "expect_error_body",
     "expect_error_rate",
     "expect_json",
     "expect_latency",
     "expect_list_shape",
+    "expect_no_orphans",
     "expect_no_rows",
     "expect_own_tenant",
     "expect_status",
     "expect_total",
+    "expect_unchanged_but_for_scope",
     "inconclusive",
     "saw_nothing",
 ]
@@ -247,3 +252,72 @@ def expect_no_rows(rows: Sequence[Sequence[Any]], problem: str, meaning: str) ->
         examples = "; ".join(", ".join(str(v) for v in row) for row in rows[:5])
         more = f" (and {len(rows) - 5} more)" if len(rows) > 5 else ""
         pytest.fail(f"{len(rows)} {problem}: {meaning}. Examples: {examples}{more}", pytrace=False)
+
+
+# --- the database's consistency and FASE 2's backup --------------------------------------------
+
+
+def expect_no_orphans(table: str, found: Mapping[tuple[str, str], Sequence[tuple[Any, Any]]],
+                      *, limit: int = 50) -> None:
+    """No row of `table` points at a missing parent. `found` maps each reference, (column,
+    parent table), to the (row id, missing parent id) pairs its query found (at most `limit`).
+
+    Each (table, column) is judged and named on its own: a lead whose branch is gone and one
+    whose tenant is gone are two different repairs."""
+    __tracebackhide__ = True
+    orphaned = {ref: rows for ref, rows in found.items() if rows}
+    if not orphaned:
+        return
+    total = sum(len(rows) for rows in orphaned.values())
+    parts = []
+    for (column, parent), rows in orphaned.items():
+        count = f"at least {len(rows)}" if len(rows) >= limit else str(len(rows))
+        examples = "; ".join(f"{row_id} -> {missing}" for row_id, missing in rows[:5])
+        more = f" (and {len(rows) - 5} more)" if len(rows) > 5 else ""
+        parts.append(f"{table}.{column} -> {parent}: {count} rows (id -> missing {parent}.id: "
+                     f"{examples}{more})")
+    pytest.fail(f"{total} {table} rows point at a missing parent: {'; '.join(parts)}. The API "
+                "may fail or hide them; something deleted parents without cascading (a partial "
+                "restore or a dropped foreign key?)", pytrace=False)
+
+
+def compared_columns(backup_columns: Sequence[str], key_columns: Iterable[str],
+                     exempt: Iterable[str]) -> list[str]:
+    """The columns a converted key is compared by with its backup: those both tables have, in
+    the backup's order, but the exempt ones (scope and platform-managed columns)."""
+    shared, left_out = set(key_columns), set(exempt)
+    return [c for c in backup_columns if c in shared and c not in left_out]
+
+
+def changed_columns(columns: Sequence[str], differs: Sequence[bool]) -> list[str]:
+    """The columns whose flag says the key's value differs from its backup's (one flag a column,
+    in the same order: the database's `IS DISTINCT FROM`, so NULL against a value differs)."""
+    if len(columns) != len(differs):
+        raise ValueError(f"{len(differs)} flags for {len(columns)} columns")
+    return [c for c, diff in zip(columns, differs, strict=True) if diff]
+
+
+def expect_unchanged_but_for_scope(where: str, columns: Sequence[str],
+                                   rows: Sequence[tuple[Any, Sequence[bool]]]) -> None:
+    """Each converted key equals its backup (`where`) in every compared column. `rows` are the
+    keys that differ somewhere, each as (key id, one differs-flag per column)."""
+    __tracebackhide__ = True
+    if not columns:
+        pytest.fail(f"backup table {where} shares no compared column with api_keys: nothing "
+                    "to compare a converted key by (is it the backup of another table?)",
+                    pytrace=False)
+    changed = [(key_id, ", ".join(names)) for key_id, flags in rows
+               if (names := changed_columns(columns, flags))]
+    expect_no_rows(changed, "converted keys changed beyond their scope (id, changed columns)",
+                   "the rollback must only widen scope; compare with the backup "
+                   f"{where} and restore those columns")
+
+
+def expect_backup_rows(what: str, held: int, recorded: int) -> None:
+    """The backup (its table, or its CSV) holds as many rows as the run recorded backing up."""
+    __tracebackhide__ = True
+    if held != recorded:
+        lost = ("is incomplete, so an undo would lose keys" if held < recorded else
+                "holds rows the run did not back up (another run's, or written since)")
+        pytest.fail(f"{what} holds {held} rows, the run recorded {recorded}: the backup {lost}",
+                    pytrace=False)

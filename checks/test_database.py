@@ -16,7 +16,7 @@ from psycopg import sql
 
 from checks.database import connect_read_only, has_column, require_rows
 from checks.evidence import Evidence
-from checks.expect import expect_no_rows, inconclusive
+from checks.expect import expect_no_orphans, expect_no_rows, inconclusive
 from checks.phases import ALL_PHASES
 from rollback.config import Settings
 from rollback.errors import ConfigError
@@ -34,6 +34,8 @@ ORPHANS = {
     "leads": [("tenant_id", "tenants"), ("branch_id", "branches")],
     "appointments": [("tenant_id", "tenants"), ("branch_id", "branches"), ("lead_id", "leads")],
 }
+#: orphans listed per (table, column): enough to repair from, few enough to read
+ORPHAN_LIMIT = 50
 
 
 
@@ -75,20 +77,19 @@ def test_no_orphaned_rows(db: psycopg.Connection, role: str, profile: Profile,
                           evidence: Evidence) -> None:
     table = getattr(profile.tables, role)
     require_rows(db, table, "finding no orphans")
-    found: list[tuple[object, ...]] = []
+    found: dict[tuple[str, str], list[tuple[object, object]]] = {}
     for column, parent_role in ORPHANS[role]:
         parent = getattr(profile.tables, parent_role)
         query = sql.SQL(
-            "SELECT c.id, {col_name}, c.{col} FROM {child} c "
+            "SELECT c.id, c.{col} FROM {child} c "
             "WHERE c.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.id = c.{col}) "
-            "LIMIT 50"
-        ).format(col=sql.Identifier(column), col_name=sql.Literal(column),
-                 child=sql.Identifier(table), parent=sql.Identifier(parent))
-        found += db.execute(query).fetchall()
-    evidence.record(orphans=len(found))
-    expect_no_rows(found, f"{table} rows point at a missing parent (id, column, missing id)",
-                   "the API may fail or hide them; something deleted parents without cascading "
-                   "(a partial restore or a dropped foreign key?)")
+            "ORDER BY c.id LIMIT {limit}"
+        ).format(col=sql.Identifier(column), child=sql.Identifier(table),
+                 parent=sql.Identifier(parent), limit=sql.Literal(ORPHAN_LIMIT))
+        found[(column, parent)] = [(row[0], row[1]) for row in db.execute(query).fetchall()]
+    evidence.record(**{f"{table}.{column} orphans": len(rows)
+                       for (column, _), rows in found.items()})
+    expect_no_orphans(table, found, limit=ORPHAN_LIMIT)
 
 
 @pytest.mark.parametrize("role", ["leads", "appointments"])

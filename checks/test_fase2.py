@@ -23,11 +23,20 @@ from psycopg import sql
 from checks._plugin.options import SuiteConfig
 from checks.database import find_key, has_column, require_rows, tenant_rows
 from checks.evidence import Evidence
-from checks.expect import expect_list_shape, expect_no_rows, expect_own_tenant, inconclusive
+from checks.expect import (
+    compared_columns,
+    expect_backup_rows,
+    expect_list_shape,
+    expect_no_rows,
+    expect_own_tenant,
+    expect_unchanged_but_for_scope,
+    inconclusive,
+)
 from checks.probe import cache_buster, get
 from checks.run_context import Fase2Backup, RunContext
 from rollback.config import Settings
 from rollback.profile import Profile
+from rollback.runs.dbops import columns_of
 
 pytestmark = pytest.mark.fase2
 
@@ -48,13 +57,8 @@ def _backup_table(backup: Fase2Backup) -> sql.Composed:
 
 
 def _compared_columns(db: psycopg.Connection, backup: Fase2Backup, profile: Profile) -> list[str]:
-    rows = db.execute(
-        "SELECT b.column_name FROM information_schema.columns b "
-        "JOIN information_schema.columns k ON k.column_name = b.column_name "
-        " AND k.table_name = %s AND k.table_schema = current_schema() "
-        "WHERE b.table_schema = %s AND b.table_name = %s ORDER BY b.ordinal_position",
-        (profile.tables.api_keys, backup.schema, backup.table)).fetchall()
-    return [r[0] for r in rows if r[0] not in profile.compared_exempt]
+    return compared_columns(columns_of(db, backup.table, backup.schema),
+                            columns_of(db, profile.tables.api_keys), profile.compared_exempt)
 
 
 def _keys(profile: Profile) -> sql.Identifier:
@@ -93,18 +97,13 @@ def test_backup_holds_every_converted_key(db: psycopg.Connection, backup: Fase2B
     count = db.execute(sql.SQL("SELECT count(*) FROM {}").format(_backup_table(backup))).fetchone()
     in_table = int(count[0]) if count else 0
     evidence.record(backup_table=where, rows=in_table, expected=backup.row_count)
-    assert in_table == backup.row_count, (
-        f"backup table {where} holds {in_table} rows, the run recorded {backup.row_count}: the "
-        "backup is incomplete, so an undo would lose keys"
-    )
+    expect_backup_rows(f"backup table {where}", in_table, backup.row_count)
     if backup.csv is not None:
         assert backup.csv.is_file(), f"backup CSV {backup.csv} is missing"
         with backup.csv.open(newline="", encoding="utf-8") as handle:
             in_csv = max(0, sum(1 for _ in csv.reader(handle)) - 1)  # minus the header
         evidence.record(csv=str(backup.csv), csv_rows=in_csv)
-        assert in_csv == backup.row_count, (
-            f"backup CSV {backup.csv} holds {in_csv} rows, the run recorded {backup.row_count}"
-        )
+        expect_backup_rows(f"backup CSV {backup.csv}", in_csv, backup.row_count)
 
 
 def test_converted_keys_still_exist(db: psycopg.Connection, backup: Fase2Backup,
@@ -122,22 +121,20 @@ def test_converted_keys_still_exist(db: psycopg.Connection, backup: Fase2Backup,
 def test_converted_keys_are_unchanged_but_for_scope(db: psycopg.Connection, backup: Fase2Backup,
                                                     profile: Profile, evidence: Evidence) -> None:
     columns = _compared_columns(db, backup, profile)
-    assert columns, f"backup table {backup.schema}.{backup.table} shares no columns with api_keys"
-    ident = [sql.Identifier(c) for c in columns]
-    pairs = sql.SQL(", ").join(
-        sql.SQL("b.{c} IS DISTINCT FROM k.{c}").format(c=c) for c in ident)
-    rows = db.execute(sql.SQL(
-        "SELECT b.id, ARRAY[{pairs}] FROM {table} b JOIN {keys} k ON k.id = b.id "
-        "WHERE ({b_cols}) IS DISTINCT FROM ({k_cols}) ORDER BY b.id LIMIT 50"
-    ).format(pairs=pairs, table=_backup_table(backup), keys=_keys(profile),
-             b_cols=sql.SQL(", ").join(sql.SQL("b.{}").format(c) for c in ident),
-             k_cols=sql.SQL(", ").join(sql.SQL("k.{}").format(c) for c in ident))).fetchall()
-    changed = [(key_id, ", ".join(c for c, diff in zip(columns, flags, strict=True) if diff))
-               for key_id, flags in rows]
-    evidence.record(compared_columns=", ".join(columns), changed_keys=len(changed))
-    expect_no_rows(changed, "converted keys changed beyond their scope (id, changed columns)",
-                   "the rollback must only widen scope; compare with the backup and restore "
-                   "those columns")
+    where = f"{backup.schema}.{backup.table}"
+    rows: list[tuple[object, list[bool]]] = []
+    if columns:
+        ident = [sql.Identifier(c) for c in columns]
+        pairs = sql.SQL(", ").join(
+            sql.SQL("b.{c} IS DISTINCT FROM k.{c}").format(c=c) for c in ident)
+        rows = db.execute(sql.SQL(
+            "SELECT b.id, ARRAY[{pairs}] FROM {table} b JOIN {keys} k ON k.id = b.id "
+            "WHERE ({b_cols}) IS DISTINCT FROM ({k_cols}) ORDER BY b.id LIMIT 50"
+        ).format(pairs=pairs, table=_backup_table(backup), keys=_keys(profile),
+                 b_cols=sql.SQL(", ").join(sql.SQL("b.{}").format(c) for c in ident),
+                 k_cols=sql.SQL(", ").join(sql.SQL("k.{}").format(c) for c in ident))).fetchall()
+    evidence.record(compared_columns=", ".join(columns), changed_keys=len(rows))
+    expect_unchanged_but_for_scope(where, columns, rows)
 
 
 def test_converted_keys_are_still_active(db: psycopg.Connection, backup: Fase2Backup,

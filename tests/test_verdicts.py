@@ -1,6 +1,7 @@
 """Every verdict function of the checks, at its boundaries (table-driven) and by its properties
 (hypothesis): percentiles, latency thresholds, the error rate at and around its limit, overall
-and per endpoint, list shape, own-tenant records, status expectations, and the pacing that keeps
+and per endpoint, list shape, own-tenant records, status expectations, orphans per (table, column), FASE 2's
+backup comparisons (row counts, compared columns, changed columns), and the pacing that keeps
 the toolkit inside its own rate limit.
 
 These run in-process with no sandbox: the network is not the point here (the suite tests in
@@ -29,17 +30,22 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from checks._plugin.verdicts import Inconclusive, NothingSeen
 from checks.evidence import Evidence
 from checks.expect import (
+    changed_columns,
+    compared_columns,
     decide_error_rate,
     error_rate_verdict,
+    expect_backup_rows,
     expect_error_body,
     expect_error_rate,
     expect_json,
     expect_latency,
     expect_list_shape,
+    expect_no_orphans,
     expect_no_rows,
     expect_own_tenant,
     expect_status,
     expect_total,
+    expect_unchanged_but_for_scope,
     wilson_interval,
 )
 from checks.probe import Budget, Outcome, Pacer, Sample
@@ -654,3 +660,154 @@ def test_a_test_ending_inconclusive_fails_unless_it_expects_to(tmp_path: Path) -
     assert outcomes == {"test_inconclusive": "FAILED", "test_saw_nothing": "FAILED",
                         "test_declared": "SKIPPED", "test_plain_skip": "SKIPPED"}, done.stdout
     assert "the test ended inconclusive (no baseline): mark it expects_inconclusive" in done.stdout
+
+
+
+# --- orphans, per (table, column) ---------------------------------------------------------------
+
+ORPHAN_MEANING = ("The API may fail or hide them; something deleted parents without cascading "
+                  "(a partial restore or a dropped foreign key?)")
+
+
+@pytest.mark.parametrize(("found", "verdict", "message"), [
+    ({}, "pass", ""),
+    ({("tenant_id", "tenants"): [], ("branch_id", "branches"): []}, "pass", ""),
+    ({("tenant_id", "tenants"): [], ("branch_id", "branches"): [("l1", "b9")]}, "fail",
+     "1 leads rows point at a missing parent: leads.branch_id -> branches: 1 rows (id -> missing "
+     f"branches.id: l1 -> b9). {ORPHAN_MEANING}"),
+    ({("tenant_id", "tenants"): [("l1", "t9")], ("branch_id", "branches"): [("l1", "b9"),
+                                                                          ("l2", "b8")]}, "fail",
+     "3 leads rows point at a missing parent: leads.tenant_id -> tenants: 1 rows (id -> missing "
+     "tenants.id: l1 -> t9); leads.branch_id -> branches: 2 rows (id -> missing branches.id: "
+     f"l1 -> b9; l2 -> b8). {ORPHAN_MEANING}"),
+], ids=["nothing asked", "none found", "one column", "two columns, each named"])
+def test_orphans_are_judged_and_named_per_table_and_column(
+        found: dict[tuple[str, str], list[tuple[str, str]]], verdict: str, message: str) -> None:
+    assert judged(lambda: expect_no_orphans("leads", found)) == (verdict, message)
+
+
+@pytest.mark.parametrize(("count", "shown", "more"), [
+    (5, "5 rows", ""), (6, "6 rows", " (and 1 more)"), (49, "49 rows", " (and 44 more)"),
+    (50, "at least 50 rows", " (and 45 more)"),
+])
+def test_orphans_show_five_and_say_at_least_the_limit(count: int, shown: str, more: str) -> None:
+    rows = [(f"a{i}", f"p{i}") for i in range(count)]
+    verdict, message = judged(lambda: expect_no_orphans("appointments", {("lead_id", "leads"): rows}))
+    examples = "; ".join(f"a{i} -> p{i}" for i in range(5))
+    assert (verdict, message) == ("fail", (
+        f"{count} appointments rows point at a missing parent: appointments.lead_id -> leads: "
+        f"{shown} (id -> missing leads.id: {examples}{more}). {ORPHAN_MEANING}"))
+
+
+def test_the_orphan_limit_is_the_callers() -> None:
+    rows = [("a", "p"), ("b", "q")]
+    assert "at least 2 rows" in judged(
+        lambda: expect_no_orphans("api_keys", {("tenant_id", "tenants"): rows}, limit=2))[1]
+    assert ": 2 rows (" in judged(
+        lambda: expect_no_orphans("api_keys", {("tenant_id", "tenants"): rows}, limit=3))[1]
+
+
+REFS = [("tenant_id", "tenants"), ("branch_id", "branches"), ("lead_id", "leads")]
+
+
+@given(st.lists(st.integers(0, 7), min_size=3, max_size=3))
+def test_every_orphaned_column_is_named_and_no_clean_one(counts: list[int]) -> None:
+    found = {ref: [(f"r{ref[0]}{i}", f"gone{i}") for i in range(n)]
+             for ref, n in zip(REFS, counts, strict=True)}
+    verdict, message = judged(lambda: expect_no_orphans("appointments", found))
+    assert verdict == ("fail" if any(counts) else "pass")
+    for (column, parent), n in zip(REFS, counts, strict=True):
+        assert (f"appointments.{column} -> {parent}: {n} rows" in message) == bool(n)
+    if any(counts):
+        assert message.startswith(f"{sum(counts)} appointments rows point at a missing parent")
+
+
+# --- FASE 2's backup: counts, compared columns, changed columns ------------------------------------
+
+
+@pytest.mark.parametrize(("held", "recorded", "message"), [
+    (3, 3, ""),
+    (0, 0, ""),
+    (2, 3, "backup table rb.keys_x holds 2 rows, the run recorded 3: the backup is incomplete, "
+           "so an undo would lose keys"),
+    (0, 1, "backup table rb.keys_x holds 0 rows, the run recorded 1: the backup is incomplete, "
+           "so an undo would lose keys"),
+    (4, 3, "backup table rb.keys_x holds 4 rows, the run recorded 3: the backup holds rows the "
+           "run did not back up (another run's, or written since)"),
+])
+def test_a_backup_holds_exactly_the_rows_the_run_recorded(held: int, recorded: int,
+                                                          message: str) -> None:
+    assert judged(lambda: expect_backup_rows("backup table rb.keys_x", held, recorded)) == (
+        ("fail", message) if message else ("pass", ""))
+
+
+@pytest.mark.parametrize(("backup", "keys", "exempt", "compared"), [
+    (["id", "name", "scope_type", "updated_at"], ["name", "id", "scope_type", "updated_at"],
+     {"scope_type", "updated_at"}, ["id", "name"]),
+    (["name", "id"], ["id", "name"], set(), ["name", "id"]),  # the backup's order
+    (["id", "dropped_since"], ["id", "added_since"], set(), ["id"]),  # only what both have
+    (["scope_type"], ["scope_type"], {"scope_type"}, []),
+    ([], ["id"], set(), []),
+])
+def test_keys_are_compared_by_the_columns_both_tables_have_but_the_exempt(
+        backup: list[str], keys: list[str], exempt: set[str], compared: list[str]) -> None:
+    assert compared_columns(backup, iter(keys), iter(exempt)) == compared
+
+
+@pytest.mark.parametrize(("flags", "changed"), [
+    ([False, False, False], []),
+    ([True, False, False], ["id"]),
+    ([False, True, True], ["name", "key_hash"]),
+    ([True, True, True], ["id", "name", "key_hash"]),
+])
+def test_changed_columns_are_those_flagged(flags: list[bool], changed: list[str]) -> None:
+    assert changed_columns(["id", "name", "key_hash"], flags) == changed
+
+
+@pytest.mark.parametrize("flags", [[True], [True, False, True, False]])
+def test_a_flag_for_each_column_or_a_refusal(flags: list[bool]) -> None:
+    with pytest.raises(ValueError, match=f"^{len(flags)} flags for 3 columns$"):
+        changed_columns(["id", "name", "key_hash"], flags)
+
+
+UNCHANGED_MEANING = ("the rollback must only widen scope; compare with the backup rb.keys_x and "
+                     "restore those columns")
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([], ""),
+    ([("k1", [False, True, False])], "1 converted keys changed beyond their scope (id, changed "
+     f"columns): {UNCHANGED_MEANING}. Examples: k1, name"),
+    ([("k1", [False, True, True]), ("k2", [True, False, False])], "2 converted keys changed "
+     f"beyond their scope (id, changed columns): {UNCHANGED_MEANING}. Examples: k1, name, "
+     "key_hash; k2, id"),
+    ([("k1", [False, False, False])], ""),  # no column differs: not a change
+])
+def test_a_converted_key_is_unchanged_but_for_scope(rows: list[tuple[str, list[bool]]],
+                                                    message: str) -> None:
+    said = judged(lambda: expect_unchanged_but_for_scope(
+        "rb.keys_x", ["id", "name", "key_hash"], rows))
+    assert said == (("fail", message) if message else ("pass", ""))
+
+
+def test_a_backup_sharing_no_compared_column_fails() -> None:
+    assert judged(lambda: expect_unchanged_but_for_scope("rb.keys_x", [], [])) == (
+        "fail", "backup table rb.keys_x shares no compared column with api_keys: nothing to "
+        "compare a converted key by (is it the backup of another table?)")
+
+
+COLUMNS = ["id", "tenant_id", "name", "key_hash", "is_active", "revoked_at"]
+
+
+@given(st.lists(st.lists(st.booleans(), min_size=len(COLUMNS), max_size=len(COLUMNS)),
+                max_size=8))
+def test_each_changed_key_is_listed_with_exactly_its_changed_columns(
+        flags: list[list[bool]]) -> None:
+    rows = [(f"k{i}", f) for i, f in enumerate(flags)]
+    verdict, message = judged(lambda: expect_unchanged_but_for_scope("rb.keys_x", COLUMNS, rows))
+    changed = [(key, [c for c, d in zip(COLUMNS, f, strict=True) if d]) for key, f in rows if any(f)]
+    assert verdict == ("fail" if changed else "pass")
+    if changed:
+        assert message.startswith(f"{len(changed)} converted keys changed beyond their scope")
+        shown = message.split("Examples: ", 1)[1].split(" (and ")[0].split("; ")
+        assert shown == [", ".join([key, *names]) for key, names in changed[:5]]
