@@ -19,30 +19,12 @@ from checks.database import KeyTenant, tenant_rows
 from checks.evidence import Evidence
 from checks.expect import expect_status, expect_total, inconclusive
 from checks.probe import Sample, cache_buster, get
+from rollback.actions.fase3_objects import inspect_object
 from rollback.errors import StepFailed
-from rollback.fase3 import objects_in_repo
+from rollback.fase3 import DbObject, objects_in_repo
 from rollback.profile import Profile, Resource
 
 pytestmark = pytest.mark.fase3
-
-# Relations (indexes, views, materialized views) and functions, by bare name; invalid indexes
-# (a failed CREATE INDEX CONCURRENTLY) count as present but broken.
-_FIND = """
-SELECT c.relname, c.relkind::text, COALESCE(i.indisvalid AND i.indisready, true)
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  LEFT JOIN pg_index i ON i.indexrelid = c.oid
- WHERE c.relname = ANY(%(names)s) AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-UNION ALL
-SELECT p.proname, 'function', true
-  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
- WHERE p.proname = ANY(%(names)s) AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-"""
-
-
-def bare_name(name: str) -> str:
-    """'public.get_low_stock_items(uuid, uuid)' -> 'get_low_stock_items'."""
-    return name.split("(", 1)[0].strip().rsplit(".", 1)[-1].strip('"')
-
 
 @pytest.mark.cache_signal("header")
 def test_no_cache_header(api: httpx.Client, endpoint: str, profile: Profile,
@@ -128,32 +110,33 @@ def test_created_lead_is_listed_at_once(api: httpx.Client, profile: Profile,
 
 
 @pytest.fixture(scope="module")
-def fase3_objects(suite: SuiteConfig, profile: Profile) -> tuple[str, ...]:
+def fase3_objects(suite: SuiteConfig, profile: Profile) -> tuple[DbObject, ...]:
     """The objects to look for: the run's own list, else FASE 3's migrations in the repo."""
     context = suite.run_context
     if context and context.fase3_objects:
-        return tuple(context.fase3_objects)
+        return tuple(DbObject.from_label(label) for label in context.fase3_objects)
     repo = suite.settings.target.repo
     if repo is None:
         pytest.skip("[target] repo is not set: FASE 3's objects are read from its migrations "
                     f"({', '.join(profile.phase('fase3').migrations)}) in the platform's checkout; set "
                     "repo in rollback.toml, or pass a run context")
     try:
-        return objects_in_repo(profile, repo).labels
+        return objects_in_repo(profile, repo).objects
     except StepFailed as exc:
         pytest.fail(str(exc), pytrace=False)
 
 
 def test_database_objects_match_chosen_option(db: psycopg.Connection, suite: SuiteConfig,
-                                              fase3_objects: tuple[str, ...],
+                                              fase3_objects: tuple[DbObject, ...],
                                               evidence: Evidence) -> None:
+    """Each object is looked up as the driver looks it up (`inspect_object`): by its name on
+    the search path (or its schema), a function by its argument types."""
     context = suite.run_context
-    names = list(fase3_objects)
-    wanted = {bare_name(n): n for n in names}
-    rows = db.execute(_FIND, {"names": list(wanted)}).fetchall()
-    present = {name for name, _, _ in rows}
-    invalid = sorted(name for name, kind, valid in rows if kind == "i" and not valid)
-    missing = sorted(set(wanted) - present)
+    states = [inspect_object(db, obj) for obj in fase3_objects]
+    wanted = [s.obj.label for s in states]
+    present = [s.obj.label for s in states if s.present]
+    invalid = sorted(s.obj.label for s in states if s.present and not s.valid)
+    missing = sorted(s.obj.label for s in states if not s.present)
     option = context.fase3_db_option if context else None
     evidence.record(option=option or "unknown", objects=len(wanted), present=len(present),
                     missing=missing, invalid_indexes=invalid)

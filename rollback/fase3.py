@@ -32,15 +32,29 @@ from rollback.runs import gitops
 KIND_ORDER = {"view": 0, "function": 1, "materialized view": 2, "index": 3}
 
 
+#: the kind of an object known by its label alone (a run context's list): an index, a view or a
+#: materialized view, whichever the catalog has under that name
+RELATION = "relation"
+
+
 @dataclass(frozen=True)
 class DbObject:
-    kind: str          # index | view | materialized view | function
+    kind: str          # index | view | materialized view | function (| relation: see from_label)
     name: str          # as the parser resolves it: unquoted, case-folded unless quoted, schema.name if given
     args: str = ""     # a function's input argument types, as PostgreSQL identifies it: "uuid, integer"
 
     @property
     def label(self) -> str:
         return f"{self.name}({self.args})" if self.kind == "function" else self.name
+
+    @classmethod
+    def from_label(cls, label: str) -> DbObject:
+        """The object a `label` names: `name(args)` a function, anything else a relation of
+        any of the three kinds (a run context keeps labels, not kinds)."""
+        name, paren, args = label.partition("(")
+        if paren and args.endswith(")"):
+            return cls("function", name, args[:-1])
+        return cls(RELATION, label)
 
     def as_dict(self) -> dict[str, str]:
         return {"kind": self.kind, "name": self.name, "args": self.args}

@@ -28,7 +28,7 @@ from psycopg import sql
 
 from rollback.actions import DatabaseAction, DatabaseStep
 from rollback.errors import StepFailed
-from rollback.fase3 import KIND_ORDER, DbObject, objects_in_repo
+from rollback.fase3 import KIND_ORDER, RELATION, DbObject, objects_in_repo
 from rollback.runs.core import Done, Options, Run, Step, StepPlan, still_locked, write_private
 from rollback.runs.dbops import backoff, connect, file_sha256, read_only
 from rollback.runs.locks import first_line
@@ -80,17 +80,36 @@ def _function_identity(conn: psycopg.Connection[Any], obj: DbObject) -> str | No
     rows = conn.execute(
         "SELECT p.oid::regprocedure::text FROM pg_proc p "
         "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.proname = %s AND (n.nspname = %s "
-        "OR (%s = '' AND n.nspname = ANY(current_schemas(false))))",
-        (name, schema, schema)).fetchall()
+        "OR (%s = '' AND n.nspname = ANY(current_schemas(false)))) AND p.pronargs = %s",
+        (name, schema, schema, argument_count(obj.args))).fetchall()
     return str(rows[0][0]) if len(rows) == 1 else None
+
+
+def argument_count(args: str) -> int:
+    """How many input arguments `args` lists ("uuid, numeric(10, 2)" lists two): an overload
+    with another count is another function, never the migration's."""
+    depth, count = 0, 0
+    for char in args:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        count += char == "," and depth == 0
+    return count + 1 if args.strip() else 0
 
 
 def _quoted(name: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
 
 
+_RELKINDS = {"i": "index", "v": "view", "m": "materialized view"}
+
+
 def inspect_object(conn: psycopg.Connection[Any], obj: DbObject) -> ObjectState:
-    """Is the object there, and what is its definition (to recreate it exactly)?"""
+    """Is the object there, and what is its definition (to recreate it exactly)?
+
+    The one lookup of FASE 3's objects, for the driver and the checks (`checks/test_fase3.py`):
+    a relation by `to_regclass` of its (quoted) name, so on the search path unless the name
+    has a schema, never the same name in another schema; a function by its argument types
+    (`to_regprocedure`), so never another overload. An index is valid when PostgreSQL may use
+    it (`indisvalid` and `indisready`: not left by a failed CREATE INDEX CONCURRENTLY)."""
     if obj.kind == "function":
         identity = _function_identity(conn, obj)
         if identity is None:
@@ -101,24 +120,24 @@ def inspect_object(conn: psycopg.Connection[Any], obj: DbObject) -> ObjectState:
         return ObjectState(obj, True, identity, row[0] if row else None,
                            owner=owner, acl=acl, comment=comment,
                            oid=int(oid_row[0]) if oid_row else None)
-    relkind = {"index": "i", "view": "v", "materialized view": "m"}[obj.kind]
     row = conn.execute(
         "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.oid = to_regclass(%s)", (_quoted(obj.name),)).fetchone()
-    if row is None or row[2] != relkind:
+    kind = _RELKINDS.get(row[2]) if row else None
+    if row is None or kind is None or obj.kind not in (kind, RELATION):
         return ObjectState(obj, False)
     oid, identity = row[0], row[1]
     owner, acl, comment = _extras(conn, _REL_EXTRAS, oid)
-    if obj.kind == "index":
-        d = conn.execute("SELECT pg_get_indexdef(%s), i.indisvalid FROM pg_index i "
+    if kind == "index":
+        d = conn.execute("SELECT pg_get_indexdef(%s), i.indisvalid AND i.indisready FROM pg_index i "
                          "WHERE i.indexrelid = %s", (oid, oid)).fetchone()
         assert d is not None
         return ObjectState(obj, True, identity, d[0], bool(d[1]), comment=comment, oid=int(oid))
     d = conn.execute("SELECT pg_get_viewdef(%s, true)", (oid,)).fetchone()
     assert d is not None
     body = str(d[0]).rstrip().rstrip(";")
-    if obj.kind == "view":
+    if kind == "view":
         definition = f"CREATE OR REPLACE VIEW {identity} AS\n{body}"
     else:
         definition = f"CREATE MATERIALIZED VIEW {identity} AS\n{body}\nWITH DATA"
