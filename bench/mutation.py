@@ -8,6 +8,7 @@ both are met, 1 when not. Not part of CI (.ci/run): a full run takes 15-40 minut
 cores.
 
     python -m bench.mutation             run mutmut, then print the score
+    python -m bench.mutation --fresh     the same from scratch: every mutant tested in this run
     python -m bench.mutation --no-run    print the score of the last run
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -76,8 +78,14 @@ def score(root: Path = ROOT) -> tuple[list[str], bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mutation", description=__doc__.split("\n")[0])
     parser.add_argument("--no-run", action="store_true", help="print the score of the last run only")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete mutmut's results (mutants/) first, so that one run measures every file")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
     args = parser.parse_args(argv)
+    if args.fresh and args.no_run:
+        parser.error("--fresh and --no-run contradict each other: --fresh deletes what --no-run prints")
+    if args.fresh:
+        shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     if not args.no_run:
         mutmut = Path(sys.executable).with_name("mutmut")
         subprocess.run([str(mutmut), "run", "--max-children", str(args.max_children)], cwd=ROOT,

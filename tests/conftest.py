@@ -85,7 +85,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             and call.excinfo.errisinstance((Inconclusive, NothingSeen))
             and item.get_closest_marker("expects_inconclusive") is None):
         report.outcome = "failed"
-        report.longrepr = (f"the test ended inconclusive ({call.excinfo.value.msg}): mark it "
+        report.longrepr = (f"the test ended inconclusive ({call.excinfo.value}): mark it "
                            "expects_inconclusive if that is its expected outcome, or catch the "
                            "exception (pytest.raises(Inconclusive)) and check its message")
         return report

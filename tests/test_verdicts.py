@@ -651,7 +651,6 @@ def test_a_test_ending_inconclusive_fails_unless_it_expects_to(tmp_path: Path) -
     root = Path(__file__).resolve().parent.parent
     shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")  # its markers, strictly
     env = {**os.environ, "PYTHONPATH": str(root)}
-    env.pop("MUTANT_UNDER_TEST", None)
     done = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
                            "test_ends.py"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
