@@ -32,7 +32,17 @@ from checks._plugin.redact import safe_url
 from checks._plugin.verdicts import evidence_of, inconclusive
 from checks.database import KeyTenant, connect_read_only, find_key
 from checks.evidence import Evidence
-from checks.probe import USER_AGENT, Budget, CheckClient, Sample, make_room, sample
+from checks.expect import decide_error_rate
+from checks.probe import (
+    USER_AGENT,
+    Budget,
+    CheckClient,
+    Sample,
+    SharedSample,
+    make_room,
+    sample,
+    sample_until_decided,
+)
 from checks.run_context import RunContext, last_run
 from checks.target import require_target
 from rollback.config import Settings, Thresholds
@@ -51,6 +61,8 @@ LAST_RUN = pytest.StashKey[str]()
 #: the time the check under way may still spend on requests (and on waiting for rate limits),
 #: and the target's health as the checks found it (Budget.breaker)
 BUDGET = pytest.StashKey[Budget]()
+#: the list endpoints' sample, taken in the background from the first check on (SharedSample)
+SHARED_SAMPLE = pytest.StashKey[SharedSample]()
 
 
 
@@ -137,6 +149,27 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(line)
+    # pytest-xdist's workers each run a part: there a check takes the sample when it needs it
+    if any("endpoint_samples" in getattr(item, "fixturenames", ()) for item in checks) and \
+            not hasattr(config, "workerinput"):
+        config.stash[SHARED_SAMPLE] = _shared_sample(suite, _budget_of(config)).start()
+
+
+def _shared_sample(suite: SuiteConfig, budget: Budget) -> SharedSample:
+    """The shared sample's own client: TEST_API_KEY, its own deadline (a check's timeout from
+    its start), the session's breaker."""
+    target, thresholds = suite.settings, suite.thresholds
+    client = _client(target, target.require_api_key(), Budget(breaker=budget.breaker))
+    return SharedSample(client, suite.profile.endpoints, thresholds.sample_size,
+                        lambda c, first: sample_until_decided(c, first, thresholds.error_rate,
+                                                              decide_error_rate),
+                        thresholds.check_timeout_s)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    shared = session.config.stash.get(SHARED_SAMPLE, None)
+    if shared is not None:
+        shared.close()
 
 
 @pytest.fixture(scope="session")
@@ -293,6 +326,15 @@ def foreign_branch_id(key_tenant: KeyTenant, _db_session: psycopg.Connection) ->
 
 
 @pytest.fixture(scope="session")
-def endpoint_samples(api: httpx.Client, thresholds: Thresholds, profile: Profile) -> dict[str, Sample]:
-    """`sample_size` concurrent GETs to each list endpoint, shared by latency and error checks."""
-    return sample(api, profile.endpoints, thresholds.sample_size)
+def shared_sample(pytestconfig: pytest.Config) -> SharedSample | None:
+    """The list endpoints' sample as the background took it (see SharedSample), if it did."""
+    return pytestconfig.stash.get(SHARED_SAMPLE, None)
+
+
+@pytest.fixture(scope="session")
+def endpoint_samples(api: httpx.Client, thresholds: Thresholds, profile: Profile,
+                     shared_sample: SharedSample | None, _budget: Budget) -> dict[str, Sample]:
+    """`sample_size` concurrent GETs to each list endpoint, shared by latency and error checks:
+    the background's when it took them, else taken now."""
+    taken = shared_sample.first(_budget) if shared_sample is not None else None
+    return taken if taken is not None else sample(api, profile.endpoints, thresholds.sample_size)

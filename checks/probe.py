@@ -27,6 +27,8 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,7 @@ __all__ = [
     "Outcome",
     "Pacer",
     "Sample",
+    "SharedSample",
     "cache_buster",
     "get",
     "make_room",
@@ -66,12 +69,12 @@ class Budget:
     `start(timeout_s)` is called as each check starts (see conftest.py); outside a check the
     budget is unbounded."""
 
-    def __init__(self) -> None:
+    def __init__(self, breaker: Breaker | None = None) -> None:
         self._deadline = math.inf
         #: the node id of the check under way, for the findings it makes (see Breaker)
         self.check = "a fixture before the first check"
-        #: the target's health as the session's checks found it
-        self.breaker = Breaker(self)
+        #: the target's health as the session's checks found it (given: another budget's)
+        self.breaker = breaker if breaker is not None else Breaker(self)
 
     def start(self, timeout_s: float, check: str = "") -> None:
         self._deadline = time.monotonic() + timeout_s * BUDGET_SHARE
@@ -183,13 +186,14 @@ class Breaker:
         return (f"GET {path}: not sent, the API {state}: {found.saw} (found by {found.by}); "
                 "fix that first")
 
-    def slow_error(self, path: str, what: str) -> None:
+    def slow_error(self, path: str, what: str, *, by: str | None = None) -> None:
         """A server error that took RESAMPLE_S or more to come; the second one at a path (in a
-        sample) makes it failing: the API is struggling there, not failing now and then."""
+        sample) makes it failing: the API is struggling there, not failing now and then.
+        `by`: who saw it, when not the check under way (the shared sample, see SharedSample)."""
         with self._lock:
             self.slow_errors[path] = self.slow_errors.get(path, 0) + 1
             if self.slow_errors[path] >= 2:
-                self.failing.setdefault(path, Finding(self.budget.check, what + ", twice"))
+                self.failing.setdefault(path, Finding(by or self.budget.check, what + ", twice"))
 
     def fails(self, path: str, what: str) -> None:
         """`path` answered nothing but server errors, several times in a row. Two paths so:
@@ -201,8 +205,8 @@ class Breaker:
                 self.api_down = Finding(self.budget.check,
                                         f"nothing but server errors at {paths}; {what}")
 
-    def saw(self, path: str, error: Exception, *, surely: bool = False, because: str | None = None
-            ) -> None:
+    def saw(self, path: str, error: Exception, *, surely: bool = False, because: str | None = None,
+            by: str | None = None) -> None:
         """A request that got no answer. A path is hung after its second timeout (one timeout
         on a busy machine is not a hung API), or its first when `surely` (the API is already
         known to hang, or answered its control path at once meanwhile: `because`); the API is
@@ -214,11 +218,11 @@ class Breaker:
             if isinstance(error, httpx.TimeoutException):
                 self.timeouts[path] = self.timeouts.get(path, 0) + 1
                 if surely or self.timeouts[path] >= 2:
-                    self.hung.setdefault(path, Finding(self.budget.check, what))
+                    self.hung.setdefault(path, Finding(by or self.budget.check, what))
             else:
                 self.refusals += 1
                 if self.refusals >= 2 and self.api_down is None:
-                    self.api_down = Finding(self.budget.check, what)
+                    self.api_down = Finding(by or self.budget.check, what)
 
     def answered(self) -> None:
         with self._lock:
@@ -436,6 +440,7 @@ def _once(client: httpx.Client, path: str, *, may_wait: bool = True) -> Outcome:
     failing (counted as failed; a hung path as no answer in time), told to the breaker, and
     waited for once when the key's rate-limit window is spent."""
     breaker = client.breaker if isinstance(client, CheckClient) else None
+    by = client.budget.check if isinstance(client, CheckClient) else None
     refused = breaker.refuse(path) if breaker is not None else None
     if refused is not None:
         kind = "Timeout" if breaker is not None and path in breaker.hung else "NotSent"
@@ -445,13 +450,13 @@ def _once(client: httpx.Client, path: str, *, may_wait: bool = True) -> Outcome:
         response = client.get(path)
     except httpx.TransportError as exc:
         if breaker is not None:
-            breaker.saw(path, exc)
+            breaker.saw(path, exc, by=by)
         return Outcome.unanswered(path, f"{client.base_url}{path}", exc,
                                   (time.perf_counter() - started) * 1000)
     elapsed_s = time.perf_counter() - started
     if breaker is not None and response.status_code >= 500 and elapsed_s >= RESAMPLE_S:
         breaker.slow_error(path, f"GET {path} answered {response.status_code} after "
-                                 f"{elapsed_s:.1f} s")
+                                 f"{elapsed_s:.1f} s", by=by)
     wait = _rate_limited(client, path, response) if may_wait else None
     if wait is not None:  # the key's window is spent: wait for it once, within the deadline
         time.sleep(wait)
@@ -489,3 +494,74 @@ def sample_until_decided(client: httpx.Client, first: Mapping[str, Sample], limi
             return samples
         more = sample(client, paths, batch)
         samples = {path: samples[path].plus(more[path]) for path in paths}
+
+
+class SharedSample:
+    """The list endpoints' sample that the latency and error-rate checks share, taken in the
+    background beside the first checks, so that its requests (180 for a healthy API: the error
+    rate's 99% interval needs them) do not wait for their turn after 40 other checks.
+
+    It starts only when every path answers one request (below 500, within CONTROL_TIMEOUT_S)
+    first: an API that is down, failing or slow is sampled by the checks in their turn, as
+    each check's own deadline allows, and the fail-fast findings stay theirs. Its requests go
+    through a client of its own (`client`: its own deadline, `timeout_s` from its start, and the
+    session's Breaker, so what it finds the checks see), sampled as `sample` and grown as
+    `sample_until_decided` (`grow`) would in the check. `first()` and `grown()` wait for it
+    within the calling check's deadline; `None` when it did not start."""
+
+    LABEL = "the latency and error-rate checks' shared sample (taken in the background)"
+
+    def __init__(self, client: CheckClient, paths: Sequence[str], size: int,
+                 grow: Any, timeout_s: float) -> None:
+        self.client, self.paths, self.size = client, list(paths), size
+        self._grow, self._timeout_s = grow, timeout_s
+        self._first: Future[dict[str, Sample] | None] = Future()
+        self._grown: Future[dict[str, Sample] | None] = Future()
+        self._thread = threading.Thread(target=self._run, name="shared-sample", daemon=True)
+
+    def start(self) -> SharedSample:
+        self._thread.start()
+        return self
+
+    def _answers(self) -> bool:
+        for path in self.paths:
+            try:
+                if self.client.get(path, timeout=CONTROL_TIMEOUT_S).status_code >= 500:
+                    return False
+            except httpx.HTTPError:
+                return False
+        return True
+
+    def _run(self) -> None:
+        try:
+            self.client.budget.start(self._timeout_s, self.LABEL)
+            if not self.paths or not self._answers():
+                self._first.set_result(None)
+                self._grown.set_result(None)
+                return
+            first = sample(self.client, self.paths, self.size)
+            self._first.set_result(first)
+            self._grown.set_result(self._grow(self.client, first))
+        except Exception as exc:  # handed to the check that waits for it
+            for future in (self._first, self._grown):
+                if not future.done():
+                    future.set_exception(exc)
+
+    @staticmethod
+    def _wait(future: Future[dict[str, Sample] | None], budget: Budget
+              ) -> dict[str, Sample] | None:
+        left = budget.left()
+        try:
+            return future.result(timeout=max(0.0, left) if math.isfinite(left) else None)
+        except FutureTimeout:
+            inconclusive(f"{SharedSample.LABEL} had not finished when this check's deadline "
+                         f"came ({budget}): the API answers too slowly to be sampled in time")
+
+    def first(self, budget: Budget) -> dict[str, Sample] | None:
+        return self._wait(self._first, budget)
+
+    def grown(self, budget: Budget) -> dict[str, Sample] | None:
+        return self._wait(self._grown, budget)
+
+    def close(self) -> None:
+        self.client.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import httpx
 import psycopg
@@ -19,10 +20,11 @@ from checks.database import KeyTenant, tenant_rows
 from checks.evidence import Evidence
 from checks.expect import expect_status, expect_total, inconclusive
 from checks.probe import Sample, cache_buster, get
-from rollback.actions.fase3_objects import inspect_object
 from rollback.errors import StepFailed
-from rollback.fase3 import DbObject, objects_in_repo
 from rollback.profile import Profile, Resource
+
+if TYPE_CHECKING:  # imported where a FASE 3 check runs: the SQL parser and the driver's modules
+    from rollback.fase3 import DbObject  # cost every other selection that collects this module
 
 pytestmark = pytest.mark.fase3
 
@@ -112,6 +114,8 @@ def test_created_lead_is_listed_at_once(api: httpx.Client, profile: Profile,
 @pytest.fixture(scope="module")
 def fase3_objects(suite: SuiteConfig, profile: Profile) -> tuple[DbObject, ...]:
     """The objects to look for: the run's own list, else FASE 3's migrations in the repo."""
+    from rollback.fase3 import DbObject, objects_in_repo
+
     context = suite.run_context
     if context and context.fase3_objects:
         return tuple(DbObject.from_label(label) for label in context.fase3_objects)
@@ -131,6 +135,8 @@ def test_database_objects_match_chosen_option(db: psycopg.Connection, suite: Sui
                                               evidence: Evidence) -> None:
     """Each object is looked up as the driver looks it up (`inspect_object`): by its name on
     the search path (or its schema), a function by its argument types."""
+    from rollback.actions.fase3_objects import inspect_object
+
     context = suite.run_context
     states = [inspect_object(db, obj) for obj in fase3_objects]
     wanted = [s.obj.label for s in states]

@@ -136,6 +136,11 @@ def test_server_errors_fail_synthetic_error_rate(any_sandbox: Sandbox, tmp_path:
     with any_sandbox.chaos(error_rate=0.5, paths=[failing]):
         result = validate(any_sandbox, tmp_path, "synthetic")
     failed(result, "test_synthetic_error_rate_is_below_limit", ">= limit 5.0%", "500", failing)
+    # a path that fails its first request: the checks sample it in their turn, not beforehand
+    with any_sandbox.chaos(error_rate=1.0, paths=[failing]):
+        result = validate(any_sandbox, tmp_path, "synthetic")
+    failed(result, "test_synthetic_error_rate_is_below_limit", ">= limit 5.0%", "500", failing)
+    assert "by this check and the first that needed it" in result.html.read_text()
 
 
 # --- authentication --------------------------------------------------------------------------

@@ -43,6 +43,8 @@ def test_healthy_sandbox_passes_every_health_check_under_the_gate(any_sandbox: S
     bad = {c.nodeid: c.message for c in result.checks if c.verdict in ("fail", "skip")}
     assert result.exit_code == 0 and not bad, bad or result.log.read_text()
     assert result.passed == health_checks(any_sandbox.profile) and result.failed == 0
+    # the API answered at the start: the shared sample was taken beside the first checks
+    assert "in the background, beside the first checks" in result.html.read_text()
     # What the gate accepts without failing: optional input absent, nothing to judge.
     assert {c.nodeid.split("::")[1] for c in result.checks if c.verdict == "inconclusive"} <= {
         "test_deployed_version_is_expected", "test_real_traffic_error_rate_is_below_limit",

@@ -740,3 +740,91 @@ def test_make_room_leaves_an_unreachable_api_to_the_checks() -> None:
         closed.bind(("127.0.0.1", 0))
         assert make_room(f"http://127.0.0.1:{closed.getsockname()[1]}", "k", "/health", 5,
                          TIMEOUT_S) is None
+
+
+# --- the shared sample, taken in the background (SharedSample) ---------------------------------
+
+
+def _shared(server: Server, paths: list[str], size: int, total: int,
+            breaker: probe.Breaker | None = None) -> probe.SharedSample:
+    client = CheckClient(base_url=server.url, budget=Budget(breaker=breaker), timeout_s=TIMEOUT_S)
+    decide = Decider(total)
+    return probe.SharedSample(client, paths, size,
+                              lambda c, first: sample_until_decided(c, first, 0.05, decide),
+                              timeout_s=30.0)
+
+
+def _within(seconds: float) -> Budget:
+    budget = Budget()
+    budget.start(seconds / probe.BUDGET_SHARE)
+    return budget
+
+
+def test_the_shared_sample_is_taken_in_the_background_then_grown_until_decided(
+        server: Server) -> None:
+    shared = _shared(server, ["/a", "/b"], 3, total=12).start()
+    first, grown = shared.first(_within(30)), shared.grown(_within(30))
+    shared.close()
+    assert first is not None and [s.size for s in first.values()] == [3, 3]
+    assert grown is not None and [s.size for s in grown.values()] == [6, 6]
+    # one request to each path before it starts, then the sample and the batch that decided it
+    assert server.seen == Counter({"/a": 7, "/b": 7})
+    assert shared.client.budget.check == probe.SharedSample.LABEL
+
+
+@pytest.mark.parametrize("failing", ["/a", "/b"])
+def test_the_shared_sample_does_not_start_when_a_path_answers_a_server_error_first(
+        server: Server, failing: str) -> None:
+    server.answers[failing] = [503]
+    shared = _shared(server, ["/a", "/b"], 3, total=12).start()
+    assert shared.first(_within(30)) is None and shared.grown(_within(30)) is None
+    shared.close()
+    assert sum(server.seen.values()) == (1 if failing == "/a" else 2)  # no sample was sent
+
+
+def test_the_shared_sample_does_not_start_when_a_path_answers_late_or_not_at_all(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(probe, "CONTROL_TIMEOUT_S", 0.1)
+    server.slow["/b"] = 0.3
+    shared = _shared(server, ["/a", "/b"], 3, total=12).start()
+    assert shared.first(_within(30)) is None
+    shared.close()
+    assert server.seen == Counter({"/a": 1, "/b": 1})
+    unreachable = probe.SharedSample(
+        CheckClient(base_url="http://127.0.0.1:9", budget=Budget(), timeout_s=TIMEOUT_S),
+        ["/a"], 3, lambda c, first: first, timeout_s=30.0).start()
+    assert unreachable.first(_within(30)) is None and unreachable.grown(_within(30)) is None
+
+
+def test_a_check_that_cannot_wait_for_the_shared_sample_is_inconclusive(server: Server) -> None:
+    server.slow["/a"] = 0.3
+    shared = _shared(server, ["/a"], 2, total=2).start()
+    with pytest.raises(Inconclusive, match="shared sample .* had not finished when this check's "
+                                           "deadline came"):
+        shared.first(_within(0.05))
+    assert shared.first(_within(30)) is not None  # it goes on: a later check gets it
+    shared.close()
+
+
+def test_what_the_shared_sample_finds_is_the_sessions_and_says_who_found_it(server: Server) -> None:
+    session = Budget()
+    session.check = "checks/test_auth.py::test_valid_key_is_accepted"
+    shared = _shared(server, ["/a"], 2, total=2, breaker=session.breaker)
+    shared.client.budget.start(30, probe.SharedSample.LABEL)
+    server.slow["/a"] = 2 * TIMEOUT_S
+    sample(shared.client, ["/a"], 2)
+    shared.close()
+    found = session.breaker.hung["/a"]
+    assert found.by == probe.SharedSample.LABEL and "ReadTimeout" in found.saw
+
+
+def test_an_error_in_the_background_reaches_the_check_that_waits_for_it(server: Server) -> None:
+    def broken(client: httpx.Client, first: dict[str, Sample]) -> dict[str, Sample]:
+        raise RuntimeError("grow broke")
+
+    client = CheckClient(base_url=server.url, budget=Budget(), timeout_s=TIMEOUT_S)
+    shared = probe.SharedSample(client, ["/a"], 2, broken, timeout_s=30.0).start()
+    assert shared.first(_within(30)) is not None
+    with pytest.raises(RuntimeError, match="grow broke"):
+        shared.grown(_within(30))
+    shared.close()
