@@ -17,9 +17,11 @@ from rollback.config import Thresholds
 from rollback.profile import Resource
 
 __all__ = [
+    "backup_differences",
     "changed_columns",
     "compared_columns",
     "error_rate_verdict",
+    "expect_backup_matches_csv",
     "expect_backup_rows",
     "expect_error_body",
     "expect_error_rate",
@@ -320,4 +322,52 @@ def expect_backup_rows(what: str, held: int, recorded: int) -> None:
         lost = ("is incomplete, so an undo would lose keys" if held < recorded else
                 "holds rows the run did not back up (another run's, or written since)")
         pytest.fail(f"{what} holds {held} rows, the run recorded {recorded}: the backup {lost}",
+                    pytrace=False)
+
+
+def backup_differences(columns: Sequence[str], table_rows: Iterable[Sequence[str]],
+                       csv_columns: Sequence[str], csv_rows: Iterable[Sequence[str]], *,
+                       limit: int = 50) -> list[tuple[str, str]]:
+    """The backup table's rows and its CSV's, compared key by key: (key id, what differs) for a
+    key only in one of them, or the columns whose values differ, up to `limit`. Both are CSV
+    rows in id order as COPY writes them (the file is the table's COPY, and uuid text sorts as
+    PostgreSQL sorts uuids); a header that differs is one difference, ("columns", ...)."""
+    if list(columns) != list(csv_columns):
+        return [("columns", f"{', '.join(columns)} in the table, {', '.join(csv_columns)} in "
+                            "the CSV")]
+    at = list(columns).index("id")
+    found: list[tuple[str, str]] = []
+    table, file = iter(table_rows), iter(csv_rows)
+    ours, theirs = next(table, None), next(file, None)
+    while (ours is not None or theirs is not None) and len(found) < limit:
+        if theirs is None or (ours is not None and ours[at] < theirs[at]):
+            assert ours is not None
+            found.append((ours[at], "only in the table"))
+            ours = next(table, None)
+        elif ours is None or theirs[at] < ours[at]:
+            found.append((theirs[at], "only in the CSV"))
+            theirs = next(file, None)
+        else:
+            differ = [c for i, c in enumerate(columns) if _field(ours, i) != _field(theirs, i)]
+            if not differ and len(ours) != len(theirs):
+                differ = ["(extra fields)"]
+            if differ:
+                found.append((ours[at], ", ".join(differ)))
+            ours, theirs = next(table, None), next(file, None)
+    return found
+
+
+def _field(row: Sequence[str], at: int) -> str | None:
+    return row[at] if at < len(row) else None
+
+
+def expect_backup_matches_csv(where: str, csv: str, differences: Sequence[tuple[str, str]]) -> None:
+    """The backup table and its CSV hold the same keys with the same values."""
+    __tracebackhide__ = True
+    if differences:
+        shown = "; ".join(f"{key}: {what}" for key, what in differences[:5])
+        more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
+        pytest.fail(f"backup table {where} and its CSV {csv} differ in {len(differences)} keys "
+                    f"(id: what differs): {shown}{more}. One of them was changed after the "
+                    "backup: an undo restores from the table, so compare both before restoring",
                     pytrace=False)

@@ -30,10 +30,12 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from checks._plugin.verdicts import Inconclusive, NothingSeen
 from checks.evidence import Evidence
 from checks.expect import (
+    backup_differences,
     changed_columns,
     compared_columns,
     decide_error_rate,
     error_rate_verdict,
+    expect_backup_matches_csv,
     expect_backup_rows,
     expect_error_body,
     expect_error_rate,
@@ -810,3 +812,90 @@ def test_each_changed_key_is_listed_with_exactly_its_changed_columns(
         assert message.startswith(f"{len(changed)} converted keys changed beyond their scope")
         shown = message.split("Examples: ", 1)[1].split(" (and ")[0].split("; ")
         assert shown == [", ".join([key, *names]) for key, names in changed[:5]]
+
+
+
+# --- FASE 2's backup table against its CSV, key by key --------------------------------------------
+
+HEADER = ["id", "name", "key_hash"]
+
+
+def _rows(*keys: str, **values: str) -> list[list[str]]:
+    """One CSV row a key, in the order given; `values` maps "key.column" to another value."""
+    return [[key, values.get(f"{key}.name", f"name {key}"), values.get(f"{key}.key_hash", f"h{key}")]
+            for key in keys]
+
+
+@pytest.mark.parametrize(("table", "file", "found"), [
+    (_rows("a", "b", "c"), _rows("a", "b", "c"), []),
+    ([], [], []),
+    (_rows("a", "b", "c"), _rows("a", "c"), [("b", "only in the table")]),
+    (_rows("a", "c"), _rows("a", "b", "c"), [("b", "only in the CSV")]),
+    (_rows("b"), _rows("a"), [("a", "only in the CSV"), ("b", "only in the table")]),
+    (_rows("a"), _rows("b"), [("a", "only in the table"), ("b", "only in the CSV")]),
+    (_rows("a", "b"), [], [("a", "only in the table"), ("b", "only in the table")]),
+    ([], _rows("a", "b"), [("a", "only in the CSV"), ("b", "only in the CSV")]),
+    (_rows("a", "b", **{"b.name": "renamed"}), _rows("a", "b"), [("b", "name")]),
+    (_rows("a", **{"a.name": "x", "a.key_hash": "y"}), _rows("a"), [("a", "name, key_hash")]),
+    ([["a", "name a"]], _rows("a"), [("a", "key_hash")]),  # a field missing from one row
+    (_rows("a"), [["a", "name a", "ha", "extra"]], [("a", "(extra fields)")]),
+], ids=["same", "both empty", "lost from the CSV", "lost from the table", "first only in the CSV",
+        "first only in the table", "CSV empty", "table empty", "a value", "two values",
+        "a short row", "a long row"])
+def test_the_backup_and_its_csv_are_compared_key_by_key(table: list[list[str]], file: list[list[str]],
+                                                       found: list[tuple[str, str]]) -> None:
+    assert backup_differences(HEADER, iter(table), HEADER, iter(file)) == found
+
+
+def test_other_columns_are_one_difference() -> None:
+    assert backup_differences(HEADER, _rows("a"), ["id", "name"], [["a", "name a"]]) == [
+        ("columns", "id, name, key_hash in the table, id, name in the CSV")]
+
+
+def test_the_key_is_found_by_the_id_column_wherever_it_is() -> None:
+    columns = ["name", "id"]
+    assert backup_differences(columns, [["x", "a"], ["y", "b"]], columns, [["x", "a"], ["z", "b"]]) == [
+        ("b", "name")]
+
+
+def test_differences_stop_at_the_limit() -> None:
+    keys = [f"k{i:02}" for i in range(10)]
+    assert backup_differences(HEADER, _rows(*keys), HEADER, [], limit=3) == [
+        (k, "only in the table") for k in keys[:3]]
+    assert len(backup_differences(HEADER, _rows(*keys), HEADER, [])) == 10  # 50 by default
+    many = [f"k{i:03}" for i in range(60)]
+    assert len(backup_differences(HEADER, [], HEADER, _rows(*many))) == 50
+
+
+@given(st.sets(st.sampled_from("abcdefghij")), st.sets(st.sampled_from("abcdefghij")),
+       st.sets(st.sampled_from("abcdefghij")))
+def test_each_key_only_on_one_side_or_changed_is_named_once(in_table: set[str], in_csv: set[str],
+                                                            renamed: set[str]) -> None:
+    changed = {f"{k}.name": "renamed" for k in renamed}
+    found = backup_differences(HEADER, _rows(*sorted(in_table), **changed), HEADER,
+                               _rows(*sorted(in_csv)))
+    expected = sorted([(k, "only in the table") for k in in_table - in_csv]
+                      + [(k, "only in the CSV") for k in in_csv - in_table]
+                      + [(k, "name") for k in in_table & in_csv & renamed])
+    assert found == expected
+
+
+@pytest.mark.parametrize(("differences", "message"), [
+    ([], ""),
+    ([("k1", "name")], "backup table rb.keys_x and its CSV /r/keys.csv differ in 1 keys (id: what "
+     "differs): k1: name. One of them was changed after the backup: an undo restores from the "
+     "table, so compare both before restoring"),
+    ([(f"k{i}", "only in the CSV") for i in range(6)],
+     "backup table rb.keys_x and its CSV /r/keys.csv differ in 6 keys (id: what differs): "
+     "k0: only in the CSV; k1: only in the CSV; k2: only in the CSV; k3: only in the CSV; "
+     "k4: only in the CSV (and 1 more). One of them was changed after the backup: an undo "
+     "restores from the table, so compare both before restoring"),
+    ([(f"k{i}", "name") for i in range(5)],
+     "backup table rb.keys_x and its CSV /r/keys.csv differ in 5 keys (id: what differs): "
+     "k0: name; k1: name; k2: name; k3: name; k4: name. One of them was changed after the "
+     "backup: an undo restores from the table, so compare both before restoring"),
+])
+def test_a_backup_and_its_csv_differing_names_the_keys(differences: list[tuple[str, str]],
+                                                       message: str) -> None:
+    assert judged(lambda: expect_backup_matches_csv("rb.keys_x", "/r/keys.csv", differences)) == (
+        ("fail", message) if message else ("pass", ""))
