@@ -483,6 +483,18 @@ def _relation_pages(conn: psycopg.Connection[Any]) -> int:
 #: what a sweep batch returns when every key it found had changed before it locked them
 SWEEP_AGAIN = -2
 
+#: how a walk batch commits: `synchronous_commit` for its own transaction only (set_config(...,
+#: true) is SET LOCAL: no session state, so a transaction-mode pooler is no trouble; a user
+#: setting, allowed on Supabase). Off, the commit does not wait for its WAL to reach the disk.
+#: Why that is safe: a batch's keys and its progress row are one transaction, and WAL is replayed
+#: in order, so a server crash can only lose a tail of the latest commits, each whole: the keys
+#: of a lost batch are branch-scoped again and its progress row is gone with them, and the resume
+#: starts where the last surviving progress row says (`progress`), redoing it. Whatever the API
+#: committed durably after seeing a converted key comes later in the WAL, so it is never kept
+#: without the batch it saw. Before the step reports done, `make_durable` commits synchronously,
+#: which flushes the WAL up to it: every batch before it is on disk before the deploy.
+WALK_SYNCHRONOUS_COMMIT = "off"
+
 _WALK = """
     WITH next AS MATERIALIZED (
         SELECT k.ctid AS tid FROM api_keys k
@@ -504,7 +516,8 @@ _WALK = """
     saved AS (
         INSERT INTO {progress} (run_id, batch, last_key_id, converted, next_ctid)
         SELECT %(run_id)s, %(batch)s, last_id::uuid, n, next_ctid FROM batch WHERE found > 0)
-    SELECT found, n, next_ctid::text FROM batch
+    SELECT found, n, next_ctid::text, set_config('synchronous_commit', %(commit)s, true)
+      FROM batch
 """
 
 
@@ -523,7 +536,9 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     batch by id instead reads 500 random pages for 500 keys, and pages it reads again later; in
     physical order each page is read once, as by one plain UPDATE. The batch size adapts
     (`BatchSizer`) to keep a batch within its lock budget; `[run] batch_size` is its largest.
-    A batch is one statement in its own transaction, progress row included (one round trip).
+    A batch is one statement in its own transaction, progress row included (one round trip),
+    committed asynchronously (`WALK_SYNCHRONOUS_COMMIT`); the step ends with a synchronous
+    commit (`make_durable`).
 
     **Correctness does not rest on where rows lie.** A key is converted only if it is still
     branch-scoped and in the backup (the UPDATE's own conditions, rechecked on the newest
@@ -570,7 +585,8 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
         stop = Tid(min(start.page + sizer.window(), end))
         began = time.perf_counter()
         row = conn.execute(walk, {"start": str(start), "stop": str(stop), "size": sizer.size,
-                                  "run_id": run_id, "batch": batch + 1}).fetchone()
+                                  "run_id": run_id, "batch": batch + 1,
+                                  "commit": WALK_SYNCHRONOUS_COMMIT}).fetchone()
         assert row is not None
         found, updated, following = int(row[0]), int(row[1]), Tid.parse(row[2])
         sizer.measured(found, time.perf_counter() - began)
@@ -649,7 +665,22 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     conn.commit()
     result.remaining = int(row[0]) if row else 0
     refresh_registry(conn, schema, run_id)
+    make_durable(conn, schema, run_id)
     return result
+
+
+def make_durable(conn: psycopg.Connection[Any], schema: str, run_id: str) -> None:
+    """Commit the run's last progress row again, synchronously: the commit waits for the WAL to
+    be flushed up to it, and with it every walk batch committed before (asynchronously, see
+    WALK_SYNCHRONOUS_COMMIT). `SET LOCAL` so that a session or role default of off changes
+    nothing; a transaction that writes nothing would write no commit record to wait for."""
+    progress_table = sql.Identifier(schema, "fase2_progress")
+    with conn.transaction():
+        conn.execute("SET LOCAL synchronous_commit = on")
+        conn.execute(sql.SQL(
+            "UPDATE {p} SET committed_at = committed_at WHERE run_id = %s "
+            "AND batch = (SELECT max(batch) FROM {p} WHERE run_id = %s)").format(p=progress_table),
+            (run_id, run_id))
 
 
 def refresh_registry(conn: psycopg.Connection[Any], schema: str, run_id: str) -> None:
