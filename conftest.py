@@ -47,7 +47,7 @@ from checks.run_context import RunContext, last_run
 from checks.target import require_target
 from rollback.config import Settings, Thresholds
 from rollback.errors import ConfigError
-from rollback.profile import Profile
+from rollback.profile import Profile, VersionCommand
 
 pytest_plugins = [
     "checks._plugin.options",
@@ -63,6 +63,12 @@ LAST_RUN = pytest.StashKey[str]()
 BUDGET = pytest.StashKey[Budget]()
 #: the list endpoints' sample, taken in the background from the first check on (SharedSample)
 SHARED_SAMPLE = pytest.StashKey[SharedSample]()
+#: the profile's version command (a deploy platform's CLI), started before the first check
+VERSION_COMMAND = pytest.StashKey[VersionCommand]()
+
+
+def _uses(item: pytest.Item, fixture: str) -> bool:
+    return fixture in getattr(item, "fixturenames", ())
 
 
 
@@ -129,15 +135,26 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     _budget_of(item.config).start(timeout, item.nodeid)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The checks that read the version command's answer run last: it was started before the
+    first check (below) and answers meanwhile."""
+    items.sort(key=lambda item: is_check(item) and _uses(item, "version_command"))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Before the first check, and outside every check's timeout: if the validation key has
-    fewer requests left in its rate-limit window than the checks will send, wait for the
-    window to reset (at most a minute), and say so."""
+    """Before the first check, and outside every check's timeout: start the profile's version
+    command if a check reads it; if the validation key has fewer requests left in its
+    rate-limit window than the checks will send, wait for the window to reset (at most a
+    minute), and say so; start the shared sample (SharedSample)."""
     config = session.config
     suite = config.stash.get(SUITE, None)
     checks = [item for item in session.items if is_check(item)]
     if suite is None or not checks or config.getoption("collectonly"):
         return
+    version = suite.profile.version
+    if version.source == "command" and suite.expected_version and \
+            any(_uses(item, "version_command") for item in checks):
+        config.stash[VERSION_COMMAND] = VersionCommand(version, suite.settings.target.api_base_url)
     secrets = suite.settings.secrets
     if secrets.test_api_key is None:
         return
@@ -150,7 +167,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if reporter is not None:
             reporter.write_line(line)
     # pytest-xdist's workers each run a part: there a check takes the sample when it needs it
-    if any("endpoint_samples" in getattr(item, "fixturenames", ()) for item in checks) and \
+    if any(_uses(item, "endpoint_samples") for item in checks) and \
             not hasattr(config, "workerinput"):
         config.stash[SHARED_SAMPLE] = _shared_sample(suite, _budget_of(config)).start()
 
@@ -167,9 +184,16 @@ def _shared_sample(suite: SuiteConfig, budget: Budget) -> SharedSample:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    shared = session.config.stash.get(SHARED_SAMPLE, None)
-    if shared is not None:
-        shared.close()
+    stash = session.config.stash
+    for running in (stash.get(SHARED_SAMPLE, None), stash.get(VERSION_COMMAND, None)):
+        if running is not None:
+            running.close()
+
+
+@pytest.fixture(scope="session")
+def version_command(pytestconfig: pytest.Config) -> VersionCommand | None:
+    """The profile's version command as started before the first check, if it was."""
+    return pytestconfig.stash.get(VERSION_COMMAND, None)
 
 
 @pytest.fixture(scope="session")

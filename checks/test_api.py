@@ -14,7 +14,14 @@ from checks.evidence import Evidence
 from checks.expect import expect_json, inconclusive
 from checks.phases import ALL_PHASES
 from checks.probe import get
-from rollback.profile import Profile, VersionUnknown, deployed_version, dig, version_matches
+from rollback.profile import (
+    Profile,
+    VersionCommand,
+    VersionUnknown,
+    deployed_version,
+    dig,
+    version_matches,
+)
 
 pytestmark = ALL_PHASES
 
@@ -73,7 +80,9 @@ def test_health_reports_healthy(health: httpx.Response, profile: Profile,
 
 
 def test_deployed_version_is_expected(health: httpx.Response, suite: SuiteConfig,
-                                      profile: Profile, evidence: Evidence) -> None:
+                                      profile: Profile, version_command: VersionCommand | None,
+                                      evidence: Evidence) -> None:
+    """Runs last (conftest.py): a version command was started before the first check."""
     expected = suite.expected_version
     if not expected:
         inconclusive("expected version unknown: pass --expected-version, or a run context "
@@ -85,10 +94,12 @@ def test_deployed_version_is_expected(health: httpx.Response, suite: SuiteConfig
     try:
         version = deployed_version(profile, suite.settings.target.api_base_url,
                                    expect_json(health) if profile.version.source == "health_field"
-                                   else None, health.headers)
+                                   else None, health.headers, command=version_command)
     except VersionUnknown as exc:
         pytest.fail(f"the deployed version cannot be read from {source}: {exc}", pytrace=False)
     evidence.record(expected=expected, reported=version, source=source)
+    if profile.version.source == "command":
+        evidence.record(command_started="before the first check" if version_command else "here")
     assert version is not None and version_matches(version, expected), (
         f"{source} reports version {version!r}, expected {expected!r}: the "
         "rollback's deploy is not live (still deploying, or the old build is serving)"

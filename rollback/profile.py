@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import time
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -379,11 +380,13 @@ class VersionUnknown(Exception):
 
 
 def deployed_version(profile: Profile, api_base_url: str, health_body: object = None,
-                     headers: Mapping[str, str] | None = None) -> str | None:
+                     headers: Mapping[str, str] | None = None, *,
+                     command: VersionCommand | None = None) -> str | None:
     """The version the platform serves now, from where the profile says; None for `none`.
 
-    `health_body` and `headers` are the health answer's, for the two sources that read it.
-    Raises VersionUnknown when the source gives no version.
+    `health_body` and `headers` are the health answer's, for the two sources that read it;
+    `command`, the source's command started earlier (else it is run now). Raises
+    VersionUnknown when the source gives no version.
     """
     source = profile.version
     if source.source == "none":
@@ -398,32 +401,64 @@ def deployed_version(profile: Profile, api_base_url: str, health_body: object = 
         if not value:
             raise VersionUnknown(f"the health answer has no {source.header} header")
         return value
-    return _version_from_command(source, api_base_url)
+    return (command or VersionCommand(source, api_base_url)).result()
 
 
-def _version_from_command(source: VersionSource, api_base_url: str) -> str:
-    assert source.command is not None
-    command = source.command_for(api_base_url)
-    try:
-        done = subprocess.run(shlex.split(command), capture_output=True, text=True,
-                              timeout=source.timeout_s, check=False, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise VersionUnknown(f"`{command}`: command not found (is it on PATH?)") from None
-    except subprocess.TimeoutExpired:
-        raise VersionUnknown(f"`{command}` gave no answer within {source.timeout_s:g} s") from None
-    if done.returncode != 0:
-        last = (done.stderr or done.stdout).strip().splitlines()
-        raise VersionUnknown(f"`{command}` exited {done.returncode}: "
-                             f"{last[-1] if last else 'no output'}")
-    if source.pattern:
-        match = re.search(source.pattern, done.stdout)
-        if match is None:
-            raise VersionUnknown(f"`{command}` printed nothing that matches {source.pattern!r}")
-        return match.group(1) if match.groups() else match.group(0)
-    value = done.stdout.strip()
-    if not value:
-        raise VersionUnknown(f"`{command}` printed nothing")
-    return value.splitlines()[0].strip()
+class VersionCommand:
+    """The profile's version command (`vercel inspect ...`), started at once and read when the
+    version is needed: the checks start it before their first check, so that its answer (a
+    second or more from a deploy platform's API) comes while they run. `result()` waits for it
+    within the source's timeout from its start; the outcome, a version or VersionUnknown, is
+    kept for later calls. `close()` ends a command nobody read."""
+
+    def __init__(self, source: VersionSource, api_base_url: str) -> None:
+        assert source.command is not None
+        self.source = source
+        self.command = source.command_for(api_base_url)
+        self._started = time.monotonic()
+        self._outcome: str | VersionUnknown | None = None
+        self._process: subprocess.Popen[str] | None = None
+        try:
+            self._process = subprocess.Popen(shlex.split(self.command), stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                             text=True)
+        except FileNotFoundError:
+            self._outcome = VersionUnknown(f"`{self.command}`: command not found (is it on PATH?)")
+
+    def result(self) -> str:
+        if self._outcome is None:
+            self._outcome = self._read()
+        if isinstance(self._outcome, VersionUnknown):
+            raise self._outcome
+        return self._outcome
+
+    def _read(self) -> str | VersionUnknown:
+        source, command, process = self.source, self.command, self._process
+        assert process is not None
+        left = source.timeout_s - (time.monotonic() - self._started)
+        try:
+            stdout, stderr = process.communicate(timeout=max(0.0, left))
+        except subprocess.TimeoutExpired:
+            self.close()
+            return VersionUnknown(f"`{command}` gave no answer within {source.timeout_s:g} s")
+        if process.returncode != 0:
+            last = (stderr or stdout).strip().splitlines()
+            return VersionUnknown(f"`{command}` exited {process.returncode}: "
+                                  f"{last[-1] if last else 'no output'}")
+        if source.pattern:
+            match = re.search(source.pattern, stdout)
+            if match is None:
+                return VersionUnknown(f"`{command}` printed nothing that matches {source.pattern!r}")
+            return match.group(1) if match.groups() else match.group(0)
+        value = stdout.strip()
+        if not value:
+            return VersionUnknown(f"`{command}` printed nothing")
+        return value.splitlines()[0].strip()
+
+    def close(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.communicate()
 
 
 def dig(body: object, dotted: str) -> object:

@@ -71,6 +71,9 @@ def test_fresh_sandbox_passes_the_health_gate(fresh_tistis: Sandbox, tmp_path: P
     assert result.exit_code == 0 and not bad, bad or result.log.read_text()[-3000:]
     # 28 general checks, the version (from `vercel inspect`), 6 about the one list endpoint
     assert result.passed == 35
+    # `vercel inspect` was started before the first check, and read by the last one
+    assert result.checks[-1].nodeid.endswith("::test_deployed_version_is_expected")
+    assert "before the first check" in result.html.read_text()
     # What a fresh sandbox cannot judge, and the gate accepts: no real traffic in the window
     # (the seed's ends 30 minutes ago and the toolkit's own requests do not count), and the
     # write check without --allow-writes.

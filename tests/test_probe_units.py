@@ -799,8 +799,8 @@ def test_the_shared_sample_does_not_start_when_a_path_answers_late_or_not_at_all
 def test_a_check_that_cannot_wait_for_the_shared_sample_is_inconclusive(server: Server) -> None:
     server.slow["/a"] = 0.3
     shared = _shared(server, ["/a"], 2, total=2).start()
-    with pytest.raises(Inconclusive, match="shared sample .* had not finished when this check's "
-                                           "deadline came"):
+    with pytest.raises(Inconclusive, match=r"shared sample .* had not finished when this "
+                                           r"check's deadline came"):
         shared.first(_within(0.05))
     assert shared.first(_within(30)) is not None  # it goes on: a later check gets it
     shared.close()

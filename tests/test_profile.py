@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from rollback.config import load_settings
 from rollback.errors import ConfigError
 from rollback.profile import (
     HealthShape,
+    VersionCommand,
     VersionUnknown,
     deployed_version,
     load_profile,
@@ -222,6 +224,38 @@ def test_a_version_command_that_hangs_is_bounded(tmp_path: Path) -> None:
         update={"command": str(script), "timeout_s": 0.5})})
     with pytest.raises(VersionUnknown, match=r"no answer within 0.5 s"):
         deployed_version(profile, "http://127.0.0.1:1")
+
+
+def test_a_version_command_started_early_is_read_later_once_and_its_timeout_counts_from_its_start(
+        tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    script = _script(tmp_path, f"open({str(marker)!r}, 'a').write('x')\nprint('  githubCommitSha  f00ba47')")
+    tistis = load_profile("tistis")
+    source = tistis.version.model_copy(update={"command": str(script)})
+    started = VersionCommand(source, "http://127.0.0.1:1")
+    profile = tistis.model_copy(update={"version": source})
+    assert deployed_version(profile, "http://127.0.0.1:1", command=started) == "f00ba47"
+    assert started.result() == "f00ba47" and marker.read_text() == "x"  # run once, kept
+    slow = VersionCommand(source.model_copy(update={
+        "command": str(_script(tmp_path, "import time\ntime.sleep(30)")), "timeout_s": 0.5}),
+        "http://127.0.0.1:1")
+    time.sleep(0.6)  # its timeout passed meanwhile, counted from its start
+    with pytest.raises(VersionUnknown, match=r"no answer within 0.5 s"):
+        slow.result()
+    with pytest.raises(VersionUnknown, match=r"no answer within 0.5 s"):
+        slow.result()  # the outcome is kept: the command is not started again
+
+
+def test_a_version_command_nobody_read_is_ended(tmp_path: Path) -> None:
+    source = load_profile("tistis").version.model_copy(update={
+        "command": str(_script(tmp_path, "import time\ntime.sleep(30)"))})
+    started = VersionCommand(source, "http://127.0.0.1:1")
+    started.close()
+    assert started._process is not None and started._process.poll() is not None
+    missing = VersionCommand(source.model_copy(update={"command": "no-such-vercel-binary"}), "x")
+    missing.close()
+    with pytest.raises(VersionUnknown, match="command not found"):
+        missing.result()
 
 
 def test_an_empty_version_field_is_no_version() -> None:
