@@ -11,6 +11,9 @@
     5. the same UPDATE on the second copy with nothing else running (the quiet floor), then the
        driver's two steps on a third copy, also with nothing else running (the quiet driver)
 
+Each measured run (driver or floor) starts after `settle()` (os.sync): the copies' and the
+previous run's dirty pages would otherwise be written back during the next run, not its own.
+
 The throughput aim compares the driver with the floor under the same read load (the machine is
 then equally busy for both); the quiet floor is reported beside it, and the quiet driver against
 it (the same comparison without the load).
@@ -29,6 +32,7 @@ session; the machine's CPU use in each window; the API's own lock timeouts on `l
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
@@ -63,6 +67,16 @@ def _count(url: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def settle() -> float:
+    """Write the machine's dirty pages back now (os.sync); seconds taken. Three copies of a 1M-key
+    database leave about 2 GB of them, which the kernel writes back some 30 s later: in the
+    middle of the driver's run, while the floor, which runs after it, met none. Called before
+    each measured run, so that each starts with none of the previous one's writes pending."""
+    started = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - started
+
+
 def copy_database(sbx: Sandbox, names: Sequence[str]) -> float:
     """Identical copies of the sandbox's database, made while the API is stopped; seconds taken."""
     source = sbx.database_url.rsplit("/", 1)[1]
@@ -84,7 +98,9 @@ def copy_database(sbx: Sandbox, names: Sequence[str]) -> float:
                         time.sleep(0.25 * (attempt + 1))
                 else:
                     raise BenchError(f"could not copy database {source}: it stayed in use")
-            return time.perf_counter() - started
+            copied = time.perf_counter() - started
+            settle()
+            return copied
     finally:
         control.start_api(sbx.state)
 
@@ -155,8 +171,10 @@ def measure(root: Path, work: Path, *, keys: int, baseline_s: float, log: Log,
             log(f"  {len(copies)} identical copies made in {copy_s:.1f} s; {branch:,} of {total:,} "
                 "keys branch-scoped")
             result = _under_load(sbx, work, lookup, list_key, baseline_s, log, run_settings)
+            settle()
             quiet = floor_update(sbx.admin_url(QUIET_DATABASE))
             log(f"  quiet floor: one UPDATE of {quiet['rows']:,} rows in {quiet['seconds']} s")
+            settle()
             quiet_driver = convert_in_subprocess(
                 sbx.env(DATABASE_URL=sbx.admin_url(QUIET_DRIVER_DATABASE)), work,
                 "bench-conversion-quiet", run_settings)
@@ -215,6 +233,7 @@ def scale_point(root: Path, work: Path, *, keys: int, log: Log) -> dict[str, Any
             copy_database(sbx, [FLOOR_DATABASE])
             driver = convert_in_subprocess(sbx.env(), work, f"bench-scale-{keys}", {},
                                            timeout_s=max(900, keys / 500))
+            settle()
             floor = floor_update(sbx.admin_url(FLOOR_DATABASE))
         finally:
             drop_database(sbx, FLOOR_DATABASE)
@@ -274,6 +293,7 @@ def _under_load(sbx: Sandbox, work: Path, lookup: list[str], list_key: str, base
         base_start = time.monotonic()
         time.sleep(baseline_s)
         base_end = time.monotonic()
+        settle()
         cpu_before = psutil.cpu_percent()
         log(f"  baseline: {len(load.between(base_start, base_end))} requests in {baseline_s:g} s; "
             "the driver converts ...")
@@ -282,6 +302,7 @@ def _under_load(sbx: Sandbox, work: Path, lookup: list[str], list_key: str, base
         conv_start, conv_end = driver.started, driver.ended
         backup_end = conv_start + driver.backup_s
         cpu_during = psutil.cpu_percent()
+        settle()
         floor_start = time.monotonic()
         log(f"  driver: backup {driver.backup_s:.1f} s + conversion {driver.convert_s:.1f} s for "
             f"{driver.rows:,} keys ({driver.batches} batches, {driver.retries} retries)")
