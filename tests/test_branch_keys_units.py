@@ -1,6 +1,6 @@
 """FASE 2's conversion, its parts that need no database: the batch sizer's boundaries, the row
 places the walk resumes from, the backup's names and facts, the plan's key labels, the restore's
-checksum verdict and the retry of a blocked batch.
+checksum verdict, the retry of a blocked batch and how the walk's commits are made durable.
 
 What reads or writes PostgreSQL (the walk, the sweep, the backup's COPY and checksums) is proved
 by the sandbox suites (`tests/test_drivers.py`, `tests/test_reliability_*.py`).
@@ -8,7 +8,10 @@ by the sandbox suites (`tests/test_drivers.py`, `tests/test_reliability_*.py`).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -226,3 +229,39 @@ def test_the_retries_back_off_doubling_from_the_policy(monkeypatch: pytest.Monke
     action = _Blocked(*(psycopg.errors.LockNotAvailable("x") for _ in range(3)))
     _retrying(BatchPolicy(retries=3, backoff_s=0.25), "b", Conversion(), lambda _: None, action)
     assert slept == [0.25, 0.5, 1.0]
+
+
+# --- the walk's commits: asynchronous batches, one synchronous commit at the end -------------------
+
+
+class _Recorder:
+    """A connection stand-in that records each statement and where its transaction begins and ends."""
+
+    def __init__(self) -> None:
+        self.log: list[Any] = []
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.log.append("BEGIN")
+        yield
+        self.log.append("COMMIT")
+
+    def execute(self, query: Any, params: Any = None) -> None:
+        self.log.append((query if isinstance(query, str) else query.as_string(None), params))
+
+
+def test_the_conversion_ends_with_a_synchronous_commit_that_writes_a_record() -> None:
+    conn = _Recorder()
+    branch_keys.make_durable(conn, "rollback_backup", "r1")  # type: ignore[arg-type]
+    progress = '"rollback_backup"."fase2_progress"'
+    assert conn.log == [
+        "BEGIN",
+        ("SET LOCAL synchronous_commit = on", None),
+        (f"UPDATE {progress} SET committed_at = committed_at WHERE run_id = %s "
+         f"AND batch = (SELECT max(batch) FROM {progress} WHERE run_id = %s)", ("r1", "r1")),
+        "COMMIT"]
+
+
+def test_each_walk_batch_commits_asynchronously_in_its_own_transaction_only() -> None:
+    assert branch_keys.WALK_SYNCHRONOUS_COMMIT == "off"
+    assert "set_config('synchronous_commit', %(commit)s, true)" in branch_keys._WALK
