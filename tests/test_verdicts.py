@@ -899,3 +899,10 @@ def test_a_backup_and_its_csv_differing_names_the_keys(differences: list[tuple[s
                                                        message: str) -> None:
     assert judged(lambda: expect_backup_matches_csv("rb.keys_x", "/r/keys.csv", differences)) == (
         ("fail", message) if message else ("pass", ""))
+
+
+@pytest.mark.parametrize("total", [22, 27, 38])
+def test_the_wilson_interval_of_all_failed_ends_at_one_exactly(total: int) -> None:
+    """At these sizes the formula's top is 1 + 2e-16 in floating point: the interval is clamped."""
+    low, high = wilson_interval(total, total)
+    assert high == 1.0 and 0.0 < low < 1.0
