@@ -770,12 +770,22 @@ def test_the_shared_sample_is_taken_in_the_background_then_grown_until_decided(
     # one request to each path before it starts, then the sample and the batch that decided it
     assert server.seen == Counter({"/a": 7, "/b": 7})
     assert shared.client.budget.check == probe.SharedSample.LABEL
+    assert shared._thread.daemon  # a sample still under way never holds the process at its exit
 
 
-@pytest.mark.parametrize("failing", ["/a", "/b"])
+def test_the_shared_sample_starts_when_every_path_answers_below_500_and_waits_unbounded(
+        server: Server) -> None:
+    server.answers["/a"] = [499]
+    shared = _shared(server, ["/a"], 2, total=2).start()
+    first = shared.first(Budget())  # outside a check: no deadline, it waits as long as it takes
+    shared.close()
+    assert first is not None and first["/a"].size == 2
+
+
+@pytest.mark.parametrize(("failing", "status"), [("/a", 503), ("/b", 500)])
 def test_the_shared_sample_does_not_start_when_a_path_answers_a_server_error_first(
-        server: Server, failing: str) -> None:
-    server.answers[failing] = [503]
+        server: Server, failing: str, status: int) -> None:
+    server.answers[failing] = [status]
     shared = _shared(server, ["/a", "/b"], 3, total=12).start()
     assert shared.first(_within(30)) is None and shared.grown(_within(30)) is None
     shared.close()
