@@ -212,7 +212,7 @@ class RunSettings(_Section):
     """How a rollback run changes the target: backups, batches, locks, build and health polling."""
 
     backup_schema: str = Field(default="rollback_backup", pattern=r"^[a-z_][a-z0-9_]{0,40}$")
-    batch_size: int = Field(default=500, ge=1, le=100_000)
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
     lock_timeout_ms: int = Field(default=2000, ge=1, le=600_000)
     batch_retries: int = Field(default=5, ge=0, le=100)
     retry_backoff_s: float = Field(default=0.5, ge=0, le=60)
