@@ -124,7 +124,10 @@ def test_version_from_a_command_fills_in_the_host_and_applies_the_pattern(tmp_pa
 
 
 @pytest.mark.parametrize(("body", "says"), [
-    ("sys.exit(3)", "exited 3"),
+    ("sys.exit(3)", "exited 3: no output$"),
+    ("print('out'); print('first', file=sys.stderr); print('last', file=sys.stderr); sys.exit(3)",
+     "exited 3: last$"),  # its error output's last line
+    ("print('one'); print('two'); sys.exit(4)", "exited 4: two$"),  # else its output's
     ("print('no sha here')", "matches"),
 ])
 def test_a_version_command_that_tells_nothing_says_why(tmp_path: Path, body: str, says: str) -> None:
