@@ -151,8 +151,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     checks = [item for item in session.items if is_check(item)]
     if suite is None or not checks or config.getoption("collectonly"):
         return
+    # pytest-xdist's workers each run a part: there a check runs what it needs when it needs it
+    worker = hasattr(config, "workerinput")
     version = suite.profile.version
-    if version.source == "command" and suite.expected_version and \
+    if version.source == "command" and suite.expected_version and not worker and \
             any(_uses(item, "version_command") for item in checks):
         config.stash[VERSION_COMMAND] = VersionCommand(version, suite.settings.target.api_base_url)
     secrets = suite.settings.secrets
@@ -166,9 +168,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(line)
-    # pytest-xdist's workers each run a part: there a check takes the sample when it needs it
-    if any(_uses(item, "endpoint_samples") for item in checks) and \
-            not hasattr(config, "workerinput"):
+    if any(_uses(item, "endpoint_samples") for item in checks) and not worker:
         config.stash[SHARED_SAMPLE] = _shared_sample(suite, _budget_of(config)).start()
 
 
