@@ -45,6 +45,7 @@ from checks.probe import (
 )
 from checks.run_context import RunContext, last_run
 from checks.target import require_target
+from rollback import startup
 from rollback.config import Settings, Thresholds
 from rollback.errors import ConfigError
 from rollback.profile import Profile, VersionCommand
@@ -146,6 +147,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     command if a check reads it; if the validation key has fewer requests left in its
     rate-limit window than the checks will send, wait for the window to reset (at most a
     minute), and say so; start the shared sample (SharedSample)."""
+    startup.settle()  # the checks are imported: `rollback validate`'s start-up is over
     config = session.config
     suite = config.stash.get(SUITE, None)
     checks = [item for item in session.items if is_check(item)]

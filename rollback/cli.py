@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from rollback import startup
 from rollback.console import edge, err, out
 from rollback.errors import UsageError
 
@@ -182,6 +183,7 @@ def validate(selection: str, gate: bool, expected_version: str | None, run_conte
       rollback validate all --expected-version 3f2c1e9 --warn-ms 300 -n auto
       rollback validate fase2 --allure         # also allure-results/ for a CI server
     """
+    startup.defer()  # until the checks are collected: see rollback.startup
     from rollback.config import load_settings
     from rollback.validate import run_validation
 
@@ -274,6 +276,14 @@ for _module in ("rollback.driver_cli", "rollback.monitor_cli"):
 def main() -> None:
     """The console script. Click's own usage errors (an unknown phase, a bad option value) are
     turned into one line and exit 2, like every other error of the toolkit."""
+    startup.own()
+    try:
+        _main()
+    finally:
+        startup.at_exit()  # the interpreter's last garbage collection walks nothing
+
+
+def _main() -> None:
     try:
         code = cli.main(prog_name="rollback", standalone_mode=False)
     except click.UsageError as exc:

@@ -1,0 +1,76 @@
+"""The `rollback` command's garbage-collector policy (rollback.startup): its start-up deferred,
+settled once the work begins, frozen at exit; and a process that is not the command's (this
+test run, a caller's program) left as it was."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from rollback import startup
+
+
+@pytest.fixture
+def process_gc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This test process's collector and the module's state, as they were, afterwards."""
+    monkeypatch.setattr(startup, "_owned", False)
+    monkeypatch.setattr(startup, "_deferred", False)
+    frozen = gc.get_freeze_count()
+    yield
+    gc.enable()
+    if gc.get_freeze_count() > frozen:
+        gc.unfreeze()
+
+
+@pytest.mark.usefixtures("process_gc")
+def test_a_process_not_the_commands_is_left_alone() -> None:
+    frozen = gc.get_freeze_count()
+    startup.defer()
+    assert gc.isenabled() and not startup.deferred()
+    startup.settle()
+    startup.at_exit()
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+@pytest.mark.usefixtures("process_gc")
+def test_the_commands_start_up_is_deferred_then_settled() -> None:
+    startup.own()
+    startup.defer()
+    assert not gc.isenabled() and startup.deferred()
+    kept = [[object()] for _ in range(1000)]  # alive at the settle: frozen with the imports
+    before = gc.get_freeze_count()
+    startup.settle()
+    assert gc.isenabled() and not startup.deferred()
+    assert gc.get_freeze_count() >= before + len(kept)
+    startup.settle()  # a second settle (run_validation's, after conftest.py's) changes nothing
+    assert gc.isenabled()
+
+
+@pytest.mark.usefixtures("process_gc")
+def test_a_collector_the_caller_turned_off_stays_off() -> None:
+    startup.own()
+    gc.disable()
+    startup.defer()
+    assert not startup.deferred()
+    startup.settle()
+    assert not gc.isenabled()
+
+
+@pytest.mark.usefixtures("process_gc")
+def test_at_exit_freezes_everything_and_settles_a_start_up_left_open() -> None:
+    startup.own()
+    startup.defer()
+    startup.at_exit()
+    assert gc.isenabled() and not startup.deferred() and gc.get_freeze_count() > 0
+
+
+def test_the_command_exits_with_its_code_and_its_output_whole() -> None:
+    """at_exit() runs on every way out of main(): a usage error still says its line, exit 2."""
+    result = subprocess.run([sys.executable, "-m", "rollback", "validate", "fase9"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "fase9" in result.stderr and "--help" in result.stderr
