@@ -12,8 +12,9 @@ or grows past MAX_RESPONSE_BYTES, ends as an `httpx.ReadTimeout`, which the prob
 
 from __future__ import annotations
 
-import functools
+import os
 import ssl
+import threading
 import time
 from collections.abc import Iterator, Mapping
 
@@ -42,11 +43,35 @@ class _BoundedBody(httpx.SyncByteStream):
         self._inner.close()
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default verifying context, built once per process: building it reads the whole
-    CA bundle (about 90 ms), which every client of the checks' session paid again."""
-    return httpx.create_ssl_context()
+class _Trust:
+    """httpx's verifying TLS context (its CA bundle: certifi's, or SSL_CERT_FILE / SSL_CERT_DIR),
+    one per process and loaded at the first https request: reading the bundle takes 50-90 ms,
+    which every client of a session paid once, and a run against an http:// target (a sandbox)
+    needs none of it. Until loaded, the context trusts nothing: it cannot verify, so it cannot
+    connect."""
+
+    def __init__(self) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # hostname checked, cert required
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if not self._loaded:
+                if os.environ.get("SSL_CERT_FILE"):
+                    self.context.load_verify_locations(cafile=os.environ["SSL_CERT_FILE"])
+                elif os.environ.get("SSL_CERT_DIR"):
+                    self.context.load_verify_locations(capath=os.environ["SSL_CERT_DIR"])
+                else:
+                    import certifi
+
+                    self.context.load_verify_locations(cafile=certifi.where())
+                self._loaded = True
+
+
+_TRUST = _Trust()
 
 
 class BoundedTransport(httpx.HTTPTransport):
@@ -57,11 +82,13 @@ class BoundedTransport(httpx.HTTPTransport):
     """
 
     def __init__(self, total_s: float, limits: httpx.Limits | None = None) -> None:
-        super().__init__(limits=limits or httpx.Limits(), verify=_tls_context())
+        super().__init__(limits=limits or httpx.Limits(), verify=_TRUST.context)
         self.total_s = total_s
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         deadline = time.monotonic() + self.total_s
+        if request.url.scheme == "https":
+            _TRUST.load()
         response = super().handle_request(request)
         assert isinstance(response.stream, httpx.SyncByteStream)
         return httpx.Response(response.status_code, headers=response.headers,
