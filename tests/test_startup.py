@@ -74,3 +74,19 @@ def test_the_command_exits_with_its_code_and_its_output_whole() -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "fase9" in result.stderr and "--help" in result.stderr
+
+
+def test_httpx_is_imported_without_its_command_line_which_still_runs() -> None:
+    """rollback/__init__.py: httpx's own CLI (rich's progress bars, pygments) is not imported
+    with httpx; `httpx.main` still is the real one when called."""
+    probe = ("import sys, rollback, httpx; "
+             "print(sorted(m for m in ('httpx._main', 'rich.progress', 'pygments') "
+             "if m in sys.modules and getattr(sys.modules[m], '__file__', None)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    called = subprocess.run([sys.executable, "-c", "import sys, rollback, httpx; "
+                             "sys.argv = ['httpx', '--help']; httpx.main()"],
+                            capture_output=True, text=True, timeout=120)
+    assert called.returncode == 0 and "HTTPX" in called.stdout, called.stderr
