@@ -99,3 +99,17 @@ def test_the_trusted_certificate_is_accepted(trust: http._Trust, https_url: str,
     with http.bounded_client(https_url, 5.0) as client:
         response = client.get("/health")
     assert response.status_code == 200 and response.json() == {"status": "healthy"}
+
+
+def test_a_trusted_certificate_directory_is_honoured(trust: http._Trust, https_url: str,
+                                                     certificate: tuple[Path, Path],
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """SSL_CERT_DIR, as OpenSSL reads it: certificates under their subject-hash names."""
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "local.pem").write_bytes(certificate[0].read_bytes())
+    subprocess.run(["openssl", "rehash", str(folder)], check=True, capture_output=True, timeout=60)
+    monkeypatch.setenv("SSL_CERT_DIR", str(folder))
+    with http.bounded_client(https_url, 5.0) as client:
+        assert client.get("/health").status_code == 200
