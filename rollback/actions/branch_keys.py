@@ -51,6 +51,7 @@ from rollback.runs.dbops import (
     read_only,
     rows_checksum,
     table_exists,
+    without_parallel_workers,
 )
 from rollback.runs.locks import first_line
 
@@ -255,6 +256,7 @@ def backup_fase2(conn: psycopg.Connection[Any], *, schema: str, run_id: str, csv
     if found is None:
         table = backup_table_name(run_id)
         with conn.transaction():
+            without_parallel_workers(conn)
             ensure_backup_schema(conn, schema)
             counts = key_counts(conn)
             rows = conn.execute(sql.SQL(
@@ -317,6 +319,7 @@ def _copy_backup(conn: psycopg.Connection[Any], schema: str, table: str,
     digest = hashlib.sha256()
     for name, value in _COPY_SETTINGS:
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    without_parallel_workers(conn)
     with conn.cursor() as cur, cur.copy(
         sql.SQL("COPY (SELECT * FROM {} ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)").format(
             sql.Identifier(schema, table))) as copy:

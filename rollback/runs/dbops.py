@@ -47,6 +47,16 @@ def read_only(url: str) -> Iterator[psycopg.Connection[Any]]:
         conn.close()
 
 
+def without_parallel_workers(conn: psycopg.Connection[Any]) -> None:
+    """For the transaction under way (SET LOCAL: no session state, a transaction-mode pooler
+    is no trouble): no parallel workers for its scans, sorts and index builds. A bulk statement
+    of a step that runs while the API serves (FASE 2's backup: the key counts, the primary key
+    of the pre-image table, the sorted COPY) would otherwise take three processes, every core of
+    a small database server, and the API's queries would queue behind them."""
+    conn.execute("SELECT set_config('max_parallel_workers_per_gather', '0', true), "
+                 "set_config('max_parallel_maintenance_workers', '0', true)")
+
+
 def has_column(conn: psycopg.Connection[Any], table: str, column: str,
                schema: str | None = None) -> bool:
     """Whether `table` in `schema` (the session's current schema by default) has `column`."""
