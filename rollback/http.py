@@ -46,8 +46,8 @@ class _BoundedBody(httpx.SyncByteStream):
 class _Trust:
     """httpx's verifying TLS context (its CA bundle: certifi's, or SSL_CERT_FILE / SSL_CERT_DIR),
     one per process and loaded at the first https request: reading the bundle takes 50-90 ms,
-    which every client of a session paid once, and a run against an http:// target (a sandbox)
-    needs none of it. Until loaded, the context trusts nothing: it cannot verify, so it cannot
+    which every process paid with its first client, and a run against an http:// target (a
+    sandbox) needs none of it. Until loaded, the context trusts nothing: it cannot verify, so it cannot
     connect."""
 
     def __init__(self) -> None:

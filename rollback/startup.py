@@ -45,11 +45,6 @@ def settle() -> None:
         gc.enable()
 
 
-def deferred() -> bool:
-    """Whether a start-up is under way that defer() began and settle() has not ended."""
-    return _deferred
-
-
 def at_exit() -> None:
     settle()
     if _owned:

@@ -5,13 +5,17 @@ test run, a caller's program) left as it was."""
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from rollback import startup
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -30,7 +34,7 @@ def process_gc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_a_process_not_the_commands_is_left_alone() -> None:
     frozen = gc.get_freeze_count()
     startup.defer()
-    assert gc.isenabled() and not startup.deferred()
+    assert gc.isenabled()
     startup.settle()
     startup.at_exit()
     assert gc.isenabled() and gc.get_freeze_count() == frozen
@@ -40,11 +44,11 @@ def test_a_process_not_the_commands_is_left_alone() -> None:
 def test_the_commands_start_up_is_deferred_then_settled() -> None:
     startup.own()
     startup.defer()
-    assert not gc.isenabled() and startup.deferred()
+    assert not gc.isenabled()
     kept = [[object()] for _ in range(1000)]  # alive at the settle: frozen with the imports
     before = gc.get_freeze_count()
     startup.settle()
-    assert gc.isenabled() and not startup.deferred()
+    assert gc.isenabled()
     assert gc.get_freeze_count() >= before + len(kept)
     startup.settle()  # a second settle (run_validation's, after conftest.py's) changes nothing
     assert gc.isenabled()
@@ -55,9 +59,8 @@ def test_a_collector_the_caller_turned_off_stays_off() -> None:
     startup.own()
     gc.disable()
     startup.defer()
-    assert not startup.deferred()
     startup.settle()
-    assert not gc.isenabled()
+    assert not gc.isenabled()  # defer() did not take it over, so settle() leaves it off
 
 
 @pytest.mark.usefixtures("process_gc")
@@ -65,7 +68,38 @@ def test_at_exit_freezes_everything_and_settles_a_start_up_left_open() -> None:
     startup.own()
     startup.defer()
     startup.at_exit()
-    assert gc.isenabled() and not startup.deferred() and gc.get_freeze_count() > 0
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+
+
+def test_collecting_the_checks_ends_the_commands_start_up(tmp_path: Path) -> None:
+    """conftest.py settles a deferred start-up once the checks are collected: the collector is
+    on again while they run, not only when run_validation returns. A real pytest collection of
+    checks/ in a process that deferred its start-up as `rollback validate` does (no request is
+    sent: the target is named but only collected for)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import gc\n"
+        "import pytest\n"
+        "from rollback import startup\n"
+        "startup.own()\n"
+        "startup.defer()\n"
+        "seen = []\n"
+        "class Seen:\n"
+        "    @pytest.hookimpl(trylast=True)  # after every other plugin's, conftest.py's too\n"
+        "    def pytest_collection_finish(self, session):\n"
+        "        seen.append(gc.isenabled())\n"
+        "code = pytest.main(['checks', '-m', 'fase2', '--collect-only', '-q',\n"
+        "                    '-p', 'no:cacheprovider'], plugins=[Seen()])\n"
+        "print(code, seen)\n", encoding="utf-8")
+    env = {**os.environ, "API_BASE_URL": "http://127.0.0.1:9", "TEST_API_KEY": "tis_test_x",
+           "ROLLBACK_CONFIG": str(tmp_path / "none.toml")}
+    (tmp_path / "none.toml").write_text("", encoding="utf-8")
+    for name in ("DATABASE_URL", "TEST_BRANCH_API_KEY", "TEST_REVOKED_API_KEY"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, str(probe)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "0 [True]", result.stdout[-2000:]
 
 
 def test_the_command_exits_with_its_code_and_its_output_whole() -> None:
