@@ -162,7 +162,7 @@ class Sandbox:
         """The platform profile the sandbox's rollback.toml names (its shape's)."""
         return load_profile(self.state.shape)
 
-    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    def sql(self, query: str | psycopg.sql.Composable, params: Any = None) -> list[tuple[Any, ...]]:
         """Run SQL as the superuser, committed; returns rows when the statement has any."""
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             cur = conn.execute(query, params)  # type: ignore[arg-type]

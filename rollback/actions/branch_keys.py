@@ -2,7 +2,9 @@
 
 In the backup schema (`[run] backup_schema`, default `rollback_backup`):
 
-    runs                      one row per backup: run id, table, row count, checksum, CSV path
+    runs                      one row per backup: run id, table, row count, checksum, CSV path,
+                              the backup's transaction horizon (`backup_xmin`, see
+                              `unchanged_before`)
     fase2_keys_<stamp>        the pre-image of every key the run converts: all api_keys columns,
                               exactly as they were, plus `rollback_run_id`
     fase2_progress            one row per committed batch: run id, batch number, rows
@@ -198,13 +200,17 @@ def ensure_backup_schema(conn: psycopg.Connection[Any], schema: str) -> None:
         " run_id text PRIMARY KEY, phase text NOT NULL, backup_table text NOT NULL,"
         " row_count integer NOT NULL, checksum text NOT NULL, csv_path text,"
         " key_total integer NOT NULL, key_active integer NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT now())").format(sql.Identifier(schema)))
+        " created_at timestamptz NOT NULL DEFAULT now(), backup_xmin bigint)").format(
+            sql.Identifier(schema)))
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {}.fase2_progress ("
         " run_id text NOT NULL, batch integer NOT NULL, last_key_id uuid,"
         " converted integer NOT NULL, committed_at timestamptz NOT NULL DEFAULT now(),"
         " next_ctid tid, PRIMARY KEY (run_id, batch))").format(sql.Identifier(schema)))
     _progress_columns(conn, schema)
+    if not has_column(conn, "runs", "backup_xmin", schema):  # a registry from before it
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS backup_xmin bigint").format(
+            sql.Identifier(schema, "runs")))
 
 
 def _progress_columns(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -258,6 +264,7 @@ def backup_fase2(conn: psycopg.Connection[Any], *, schema: str, run_id: str, csv
         with conn.transaction():
             without_parallel_workers(conn)
             ensure_backup_schema(conn, schema)
+            horizon = snapshot_xmin(conn)  # before the copy's own snapshot: see unchanged_before
             counts = key_counts(conn)
             rows = conn.execute(sql.SQL(
                 "CREATE TABLE {bk} AS SELECT k.*, %s::text AS {tag} FROM api_keys k "
@@ -270,9 +277,10 @@ def backup_fase2(conn: psycopg.Connection[Any], *, schema: str, run_id: str, csv
                 sql.Literal(f"pre-image of the api_keys rows converted by rollback run {run_id}")))
             conn.execute(sql.SQL(
                 "INSERT INTO {}.runs (run_id, phase, backup_table, row_count, checksum, csv_path, "
-                "key_total, key_active) VALUES (%s, 'fase2', %s, %s, %s, %s, %s, %s)").format(
-                    sql.Identifier(schema)),
-                (run_id, table, rows, CHECKSUM_PENDING, str(csv_path), counts.total, counts.active))
+                "key_total, key_active, backup_xmin) VALUES (%s, 'fase2', %s, %s, %s, %s, %s, %s, %s)"
+            ).format(sql.Identifier(schema)),
+                (run_id, table, rows, CHECKSUM_PENDING, str(csv_path), counts.total, counts.active,
+                 horizon))
         found = existing_backup(conn, schema, run_id)
         assert found is not None
     conn.commit()
@@ -401,6 +409,50 @@ def _retrying(policy: BatchPolicy, what: str, result: Conversion,
             time.sleep(wait)
 
 
+# --- FASE 2: which keys the backup saw ---------------------------------------------------------
+
+#: how far the transaction counter may have moved since the backup before its horizon is no
+#: longer used: `age()` compares 32-bit transaction ids, exact up to 2^31 apart; a wide margin
+XID_HORIZON_LIMIT = 2**31 - 2**28
+
+
+def snapshot_xmin(conn: psycopg.Connection[Any]) -> int | None:
+    """The oldest transaction still running for a snapshot taken now (64-bit, with its epoch):
+    every transaction before it has ended. None before PostgreSQL 13 (no pg_current_snapshot)."""
+    if conn.info.server_version < 130000:
+        return None
+    row = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()
+    return int(row[0]) if row else None
+
+
+def horizon_xid(backup_xmin: int | None, now_xmin: int | None) -> str | None:
+    """The backup's horizon as a 32-bit transaction id for the walk, or None (the walk then looks
+    every key up in the backup table): None if either is unknown, or if the counter has moved
+    XID_HORIZON_LIMIT or more since (or backwards: another server)."""
+    if backup_xmin is None or now_xmin is None or not 0 <= now_xmin - backup_xmin < XID_HORIZON_LIMIT:
+        return None
+    return str(backup_xmin % 2**32)
+
+
+def unchanged_before(conn: psycopg.Connection[Any], schema: str, run_id: str) -> str | None:
+    """The transaction id before which a row of api_keys is one the backup saw, or None.
+
+    The backup registers `snapshot_xmin` read just before the statement that copies the branch
+    keys: every transaction before it had ended before that statement's snapshot, which is no
+    older. So a row version written by one of them (`xmin` older than the horizon) is the very
+    version the backup copied if it was branch-scoped then, and it is still branch-scoped if it
+    still is now (it was not updated: an update writes a new version with a newer `xmin`): its
+    pre-image is in the backup table without looking it up. A key updated since the backup (the
+    API's last-use update) or made branch-scoped after it has a newer `xmin` and is looked up.
+    Frozen rows count as old, which they are."""
+    if not has_column(conn, "runs", "backup_xmin", schema):
+        return None
+    row = conn.execute(sql.SQL("SELECT backup_xmin FROM {} WHERE run_id = %s").format(
+        sql.Identifier(schema, "runs")), (run_id,)).fetchone()
+    backup_xmin = int(row[0]) if row and row[0] is not None else None
+    return horizon_xid(backup_xmin, snapshot_xmin(conn) if backup_xmin is not None else None)
+
+
 # --- FASE 2: the walk by physical order ---------------------------------------------------------
 
 #: the longest a batch should hold its keys locked: the API's own writes to those rows (the last
@@ -498,11 +550,13 @@ SWEEP_AGAIN = -2
 #: which flushes the WAL up to it: every batch before it is on disk before the deploy.
 WALK_SYNCHRONOUS_COMMIT = "off"
 
-#: One batch, one statement. `next` has no ORDER BY ctid: a TID range scan returns the rows of
-#: its pages in order already, and with the sort it read the whole window (twice the pages a
-#: batch needs) before the LIMIT, so every page twice (1-4 s of backend CPU at 1M keys). Should a
-#: plan return them in another order, keys before the batch's last one are left behind the walk
-#: and the sweep converts them: slower, never wrong.
+#: One batch, one statement. A key has a pre-image if its row is older than the backup's horizon
+#: (`unchanged_before`, NULL when unknown), else if the backup table has its id: one index probe
+#: per key was 1-1.5 s of the backend's CPU at 200k keys. `next` has no ORDER BY ctid: a TID
+#: range scan returns the rows of its pages in order already, and with the sort it read the
+#: whole window (twice the pages a batch needs) before the LIMIT, so every page twice (1-4 s of
+#: backend CPU at 1M keys). Should a plan return them in another order, keys before the batch's
+#: last one are left behind the walk and the sweep converts them: slower, never wrong.
 _WALK = """
     WITH next AS MATERIALIZED (
         SELECT k.ctid AS tid FROM api_keys k
@@ -511,7 +565,8 @@ _WALK = """
     done AS (
         UPDATE api_keys k SET scope_type = 'tenant', branch_id = NULL, updated_at = now()
          WHERE k.ctid = ANY (ARRAY(SELECT tid FROM next)) AND k.scope_type = 'branch'
-           AND EXISTS (SELECT 1 FROM {backup} b WHERE b.id = k.id)
+           AND (age(k.xmin) > age(%(unchanged_before)s::xid)
+                OR EXISTS (SELECT 1 FROM {backup} b WHERE b.id = k.id))
         RETURNING k.id),
     batch AS MATERIALIZED (
         SELECT took.found, took.last, converted.n, converted.last_id,
@@ -549,9 +604,10 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     commit (`make_durable`).
 
     **Correctness does not rest on where rows lie.** A key is converted only if it is still
-    branch-scoped and in the backup (the UPDATE's own conditions, rechecked on the newest
-    version of a row the API updates meanwhile), so no key is converted twice and no key
-    without a pre-image is converted by the walk. A row's place only says when the walk gets to
+    branch-scoped and has a pre-image in the backup (the UPDATE's own conditions, rechecked on
+    the newest version of a row the API updates meanwhile): its row is older than the backup's
+    horizon (`unchanged_before`), or the backup table has its id. So no key is converted twice
+    and no key without a pre-image is converted by the walk. A row's place only says when the walk gets to
     it. An update moves a row (a HOT update to another line of its page, any other to another
     page): a key the API updates before the walk reaches it may land behind the walk, and a
     rerun after a crash starts at the recorded position. What the walk passes by, the sweep
@@ -578,6 +634,7 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     start = Tid.parse(position) if position else Tid(0)
     first_page, end = start.page, _relation_pages(conn)
     backed_up = _count(conn, schema, table)
+    horizon = unchanged_before(conn, schema, run_id)
     conn.commit()
     sizer = BatchSizer(policy.size, lock_budget_s(policy))
     sizer.walked(end, max(backed_up, 1))
@@ -593,7 +650,7 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
         stop = Tid(min(start.page + sizer.window(), end))
         began = time.perf_counter()
         row = conn.execute(walk, {"start": str(start), "stop": str(stop), "size": sizer.size,
-                                  "run_id": run_id, "batch": batch + 1,
+                                  "run_id": run_id, "batch": batch + 1, "unchanged_before": horizon,
                                   "commit": WALK_SYNCHRONOUS_COMMIT}).fetchone()
         assert row is not None
         found, updated, following = int(row[0]), int(row[1]), Tid.parse(row[2])
