@@ -1,6 +1,7 @@
 """FASE 2's conversion, its parts that need no database: the batch sizer's boundaries, the row
-places the walk resumes from, the backup's names and facts, the plan's key labels, the restore's
-checksum verdict, the retry of a blocked batch and how the walk's commits are made durable.
+places the walk resumes from, the backup's names, facts and horizon, the plan's key labels, the
+restore's checksum verdict, the retry of a blocked batch and how the walk's commits are made
+durable.
 
 What reads or writes PostgreSQL (the walk, the sweep, the backup's COPY and checksums) is proved
 by the sandbox suites (`tests/test_drivers.py`, `tests/test_reliability_*.py`).
@@ -18,6 +19,7 @@ import pytest
 
 from rollback.actions import branch_keys
 from rollback.actions.branch_keys import (
+    XID_HORIZON_LIMIT,
     AffectedKey,
     AffectedTenant,
     BatchSizer,
@@ -29,10 +31,29 @@ from rollback.actions.branch_keys import (
     _retrying,
     _tenants_from,
     backup_table_name,
+    horizon_xid,
     lock_budget_s,
 )
 from rollback.errors import StepFailed
 from rollback.runs.dbops import BatchPolicy
+
+# --- the backup's horizon: used only while age() can compare it -----------------------------
+
+
+@pytest.mark.parametrize(("backup_xmin", "now_xmin", "expected"), [
+    (None, 10, None),                          # a backup from before the horizon
+    (10, None, None),                          # a server without pg_current_snapshot
+    (10, 10, "10"),
+    (2**32 + 7, 2**32 + 900, "7"),             # the 32-bit id, its epoch dropped
+    (10, 9, None),                             # the counter went back: another server
+    (10, 10 + XID_HORIZON_LIMIT - 1, "10"),
+    (10, 10 + XID_HORIZON_LIMIT, None),        # too far apart for age() to compare
+])
+def test_the_horizon_is_used_only_while_age_can_compare_it(backup_xmin: int | None,
+                                                           now_xmin: int | None,
+                                                           expected: str | None) -> None:
+    assert horizon_xid(backup_xmin, now_xmin) == expected
+
 
 # --- the batch sizer: each boundary of `measured`, one batch at a time --------------------------
 

@@ -5,7 +5,8 @@ has no pre-image. Proved on both shapes (the real platform's triggers fire on ev
 
 To see which keys the walk looked up, a test removes pre-images from the backup table after
 the backup: a key the walk converts anyway was not looked up; a key it leaves to the sweep was,
-and the sweep copies it into the backup again (counted as a late key).
+and the sweep copies it into the backup again (counted as a late key). When the horizon is used
+at all (`horizon_xid`) is proved in tests/test_branch_keys_units.py.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from rollback.actions import branch_keys
-from rollback.actions.branch_keys import XID_HORIZON_LIMIT, horizon_xid
 from rollback.runs import dbops
 from tests.conftest import Sandbox
 
@@ -97,18 +96,3 @@ def test_without_a_horizon_the_walk_looks_up_every_key(fresh_sandbox: Sandbox,
 
     assert done.remaining == 0 and done.late_keys == 1
     assert _pre_images(box, backup)[key][0] == "branch", "the sweep backed the key up first"
-
-
-@pytest.mark.parametrize(("backup_xmin", "now_xmin", "expected"), [
-    (None, 10, None),                          # a backup from before the horizon
-    (10, None, None),                          # a server without pg_current_snapshot
-    (10, 10, "10"),
-    (2**32 + 7, 2**32 + 900, "7"),             # the 32-bit id, its epoch dropped
-    (10, 9, None),                             # the counter went back: another server
-    (10, 10 + XID_HORIZON_LIMIT - 1, "10"),
-    (10, 10 + XID_HORIZON_LIMIT, None),        # too far apart for age() to compare
-])
-def test_the_horizon_is_used_only_while_age_can_compare_it(backup_xmin: int | None,
-                                                           now_xmin: int | None,
-                                                           expected: str | None) -> None:
-    assert horizon_xid(backup_xmin, now_xmin) == expected
