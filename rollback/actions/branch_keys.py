@@ -607,11 +607,11 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     branch-scoped and has a pre-image in the backup (the UPDATE's own conditions, rechecked on
     the newest version of a row the API updates meanwhile): its row is older than the backup's
     horizon (`unchanged_before`), or the backup table has its id. So no key is converted twice
-    and no key without a pre-image is converted by the walk. A row's place only says when the walk gets to
-    it. An update moves a row (a HOT update to another line of its page, any other to another
-    page): a key the API updates before the walk reaches it may land behind the walk, and a
-    rerun after a crash starts at the recorded position. What the walk passes by, the sweep
-    converts.
+    and no key without a pre-image is converted by the walk. A row's place only says when the
+    walk gets to it. An update moves a row (a HOT update to another line of its page, any other
+    to another page): a key the API updates before the walk reaches it may land behind the walk,
+    and a rerun after a crash starts at the recorded position. What the walk passes by, the
+    sweep converts.
 
     **The sweep.** Then, until none remains, every key still branch-scoped is locked (by id,
     FOR NO KEY UPDATE, found before the lock is taken), its pre-image added to the backup if it
