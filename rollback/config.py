@@ -215,6 +215,9 @@ class RunSettings(_Section):
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     lock_timeout_ms: int = Field(default=2000, ge=1, le=600_000)
     batch_retries: int = Field(default=5, ge=0, le=100)
+    #: connections the FASE 2 walk converts with at once, each over its own part of api_keys
+    #: (a table of fewer than 1000 pages a part gets fewer); 1 walks it with one connection
+    walk_connections: int = Field(default=2, ge=1, le=8)
     retry_backoff_s: float = Field(default=0.5, ge=0, le=60)
     build_timeout_s: float = Field(default=900.0, gt=0)
     health_poll_s: float = Field(default=1.0, gt=0, le=60)
@@ -223,7 +226,8 @@ class RunSettings(_Section):
     def __repr__(self) -> str:
         return (
             f"RunSettings(batches of {self.batch_size}, lock_timeout {self.lock_timeout_ms} ms, "
-            f"{self.batch_retries} retries, backups in {self.backup_schema})"
+            f"{self.batch_retries} retries, {self.walk_connections} walk connections, "
+            f"backups in {self.backup_schema})"
         )
 
 

@@ -19,9 +19,11 @@ import pytest
 
 from rollback.actions import branch_keys
 from rollback.actions.branch_keys import (
+    MIN_PART_PAGES,
     XID_HORIZON_LIMIT,
     AffectedKey,
     AffectedTenant,
+    BatchNumbers,
     BatchSizer,
     Conversion,
     Fase2Backup,
@@ -33,6 +35,8 @@ from rollback.actions.branch_keys import (
     backup_table_name,
     horizon_xid,
     lock_budget_s,
+    part_ranges,
+    part_starts,
 )
 from rollback.errors import StepFailed
 from rollback.runs.dbops import BatchPolicy
@@ -53,6 +57,44 @@ def test_the_horizon_is_used_only_while_age_can_compare_it(backup_xmin: int | No
                                                            now_xmin: int | None,
                                                            expected: str | None) -> None:
     assert horizon_xid(backup_xmin, now_xmin) == expected
+
+
+# --- the walk in parts: where each begins, where it goes on, how batches are numbered ------------
+
+
+@pytest.mark.parametrize(("end", "parts", "expected"), [
+    (0, 2, [0]),                      # an empty table: one part, nothing to walk
+    (MIN_PART_PAGES * 2 - 1, 2, [0]),  # a part would be short of MIN_PART_PAGES: one part
+    (MIN_PART_PAGES * 2, 2, [0, MIN_PART_PAGES]),
+    (MIN_PART_PAGES * 3, 2, [0, MIN_PART_PAGES * 3 // 2]),
+    (MIN_PART_PAGES * 3, 5, [0, MIN_PART_PAGES, MIN_PART_PAGES * 2]),  # fewer, each long enough
+    (MIN_PART_PAGES * 10, 1, [0]),    # one connection: one part
+], ids=lambda v: str(v))
+def test_a_table_is_split_into_parts_of_at_least_min_part_pages(end: int, parts: int,
+                                                               expected: list[int]) -> None:
+    assert part_starts(end, parts) == expected
+
+
+def test_each_part_goes_on_from_its_own_furthest_batch_and_stops_where_the_next_begins() -> None:
+    starts = [0, 100, 200]
+    assert part_ranges(starts, {}, 300) == [(0, Tid(0), 100), (1, Tid(100), 200), (2, Tid(200), 300)]
+    # part 0 half done, part 1 done (its last window ended on the next part's first page),
+    # part 2 not begun; the table grew meanwhile: the last part walks to its end now
+    positions = {0: Tid(40, 7), 1: Tid(200)}
+    assert part_ranges(starts, positions, 350) == [(0, Tid(40, 7), 100), (2, Tid(200), 350)]
+    # a position before its part's start (never written so) does not send a part backwards
+    assert part_ranges([0, 100], {1: Tid(50)}, 150) == [(0, Tid(0), 100), (1, Tid(100), 150)]
+    assert part_ranges([0], {0: Tid(9, 3)}, 10) == [(0, Tid(9, 3), 10)]
+    assert part_ranges([0], {0: Tid(10)}, 10) == []
+
+
+def test_a_batch_that_finds_no_key_gives_its_number_back() -> None:
+    numbers = BatchNumbers(last=4)  # a resumed run: batches 1-4 committed
+    first, second = numbers.take(), numbers.take()
+    assert (first, second) == (5, 6)
+    numbers.give_back(first)  # its window held no key: no progress row for 5
+    assert numbers.take() == 5, "a number given back is taken again before a new one"
+    assert numbers.take() == 7 and numbers.last == 7
 
 
 # --- the batch sizer: each boundary of `measured`, one batch at a time --------------------------

@@ -4,12 +4,14 @@ In the backup schema (`[run] backup_schema`, default `rollback_backup`):
 
     runs                      one row per backup: run id, table, row count, checksum, CSV path,
                               the backup's transaction horizon (`backup_xmin`, see
-                              `unchanged_before`)
+                              `unchanged_before`), the pages where the walk's parts begin
+                              (`walk_starts`, see `walk_parts`)
     fase2_keys_<stamp>        the pre-image of every key the run converts: all api_keys columns,
                               exactly as they were, plus `rollback_run_id`
     fase2_progress            one row per committed batch: run id, batch number, rows
-                              converted, where the walk goes on (`next_ctid`), the batch's
-                              last key; written in the same transaction as the batch
+                              converted, where the walk goes on (`next_ctid`) in which part
+                              of the table (`lane`), the batch's last key; written in the
+                              same transaction as the batch
 
 The backup's checksum is the SHA-256 of its CSV (the table streamed out by one COPY, in id
 order). The conversion walks api_keys in physical order (ctid ranges) in batches sized to a lock
@@ -26,12 +28,15 @@ and the reverted code, which no longer knows branch keys, never meets one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import heapq
 import math
 import os
 import re
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -200,27 +205,32 @@ def ensure_backup_schema(conn: psycopg.Connection[Any], schema: str) -> None:
         " run_id text PRIMARY KEY, phase text NOT NULL, backup_table text NOT NULL,"
         " row_count integer NOT NULL, checksum text NOT NULL, csv_path text,"
         " key_total integer NOT NULL, key_active integer NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT now(), backup_xmin bigint)").format(
-            sql.Identifier(schema)))
+        " created_at timestamptz NOT NULL DEFAULT now(), backup_xmin bigint, walk_starts integer[])"
+    ).format(sql.Identifier(schema)))
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {}.fase2_progress ("
         " run_id text NOT NULL, batch integer NOT NULL, last_key_id uuid,"
         " converted integer NOT NULL, committed_at timestamptz NOT NULL DEFAULT now(),"
-        " next_ctid tid, PRIMARY KEY (run_id, batch))").format(sql.Identifier(schema)))
+        " next_ctid tid, lane smallint NOT NULL DEFAULT 0, PRIMARY KEY (run_id, batch))"
+    ).format(sql.Identifier(schema)))
     _progress_columns(conn, schema)
-    if not has_column(conn, "runs", "backup_xmin", schema):  # a registry from before it
-        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS backup_xmin bigint").format(
-            sql.Identifier(schema, "runs")))
+    for column, kind in (("backup_xmin", "bigint"), ("walk_starts", "integer[]")):
+        if not has_column(conn, "runs", column, schema):  # a registry from before it
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                sql.Identifier(schema, "runs"), sql.Identifier(column), sql.SQL(kind)))
 
 
 def _progress_columns(conn: psycopg.Connection[Any], schema: str) -> None:
     """A progress table made before the walk by physical order gets its position column (and a
-    batch that saw only keys converted meanwhile has no last key)."""
-    if has_column(conn, "fase2_progress", "next_ctid", schema):
-        return
+    batch that saw only keys converted meanwhile has no last key); one made before the walk in
+    parts, its part column (every row of it is part 0: the one part there was)."""
     progress_table = sql.Identifier(schema, "fase2_progress")
-    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS next_ctid tid").format(progress_table))
-    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN last_key_id DROP NOT NULL").format(progress_table))
+    if not has_column(conn, "fase2_progress", "next_ctid", schema):
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS next_ctid tid").format(progress_table))
+        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN last_key_id DROP NOT NULL").format(progress_table))
+    if not has_column(conn, "fase2_progress", "lane", schema):
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS lane smallint NOT NULL DEFAULT 0"
+                             ).format(progress_table))
 
 
 def api_keys_checksum(conn: psycopg.Connection[Any], ids_from: tuple[str, str] | None = None) -> str:
@@ -370,23 +380,38 @@ class Conversion:
     remaining: int = 0
     #: the batch sizes the walk settled on, smallest and largest
     sizes: tuple[int, int] = (0, 0)
+    #: the connections the walk converted with at once
+    connections: int = 1
     notes: list[str] = field(default_factory=list)
 
 
-def progress(conn: psycopg.Connection[Any], schema: str, run_id: str) -> tuple[int, str | None, int]:
-    """(last batch number, where the walk goes on (a ctid), rows converted) committed so far by
-    this run. A run's progress rows from before the walk by physical order have no position: the
-    walk then starts at the table's first page, which converts nothing twice (see
-    `convert_branch_keys`)."""
+@dataclass(frozen=True)
+class Progress:
+    """What a run's progress rows say: its highest batch number, its batches, the keys they
+    converted, and where the walk goes on in each part of the table (lane: a ctid)."""
+
+    last_batch: int = 0
+    batches: int = 0
+    converted: int = 0
+    positions: dict[int, Tid] = field(default_factory=dict)
+
+
+def progress(conn: psycopg.Connection[Any], schema: str, run_id: str) -> Progress:
+    """What this run's batches committed so far. A run's progress rows from before the walk by
+    physical order have no position: the walk then starts at the table's first page, which
+    converts nothing twice (see `convert_branch_keys`)."""
     if not table_exists(conn, schema, "fase2_progress"):
-        return 0, None, 0
+        return Progress()
     _progress_columns(conn, schema)
+    table = sql.Identifier(schema, "fase2_progress")
     row = conn.execute(sql.SQL(
-        "SELECT coalesce(max(batch), 0), (SELECT next_ctid::text FROM {p} WHERE run_id = %s "
-        "ORDER BY batch DESC LIMIT 1), coalesce(sum(converted), 0) FROM {p} WHERE run_id = %s"
-    ).format(p=sql.Identifier(schema, "fase2_progress")), (run_id, run_id)).fetchone()
+        "SELECT coalesce(max(batch), 0), count(*), coalesce(sum(converted), 0) FROM {} "
+        "WHERE run_id = %s").format(table), (run_id,)).fetchone()
     assert row is not None
-    return int(row[0]), row[1], int(row[2])
+    positions = {int(lane): Tid.parse(at) for lane, at in conn.execute(sql.SQL(
+        "SELECT DISTINCT ON (lane) lane, next_ctid::text FROM {} WHERE run_id = %s "
+        "ORDER BY lane, next_ctid DESC NULLS LAST").format(table), (run_id,)) if at is not None}
+    return Progress(int(row[0]), int(row[1]), int(row[2]), positions)
 
 
 def _retrying(policy: BatchPolicy, what: str, result: Conversion,
@@ -577,19 +602,209 @@ _WALK = """
           FROM (SELECT count(*) AS found, max(tid) AS last FROM next) took,
                (SELECT count(*) AS n, max(id::text) AS last_id FROM done) converted),
     saved AS (
-        INSERT INTO {progress} (run_id, batch, last_key_id, converted, next_ctid)
-        SELECT %(run_id)s, %(batch)s, last_id::uuid, n, next_ctid FROM batch WHERE found > 0)
+        INSERT INTO {progress} (run_id, batch, last_key_id, converted, next_ctid, lane)
+        SELECT %(run_id)s, %(batch)s, last_id::uuid, n, next_ctid, %(lane)s FROM batch
+         WHERE found > 0)
     SELECT found, n, next_ctid::text, set_config('synchronous_commit', %(commit)s, true)
       FROM batch
 """
 
 
+#: the fewest pages a part of the walk takes: another connection is worth opening for a part
+#: that takes a second or more (1000 pages of api_keys hold about 30,000 keys)
+MIN_PART_PAGES = 1000
+
+
+def part_starts(end: int, parts: int) -> list[int]:
+    """The first page of each part of a walk over the pages before `end`: `parts` equal parts, or
+    fewer where a part would have fewer than MIN_PART_PAGES pages (one, for a small table)."""
+    count = max(1, min(parts, end // MIN_PART_PAGES))
+    return [end * part // count for part in range(count)]
+
+
+def part_ranges(starts: Sequence[int], positions: Mapping[int, Tid],
+                end: int) -> list[tuple[int, Tid, int]]:
+    """(part, where it goes on, the page it stops before) for each part with pages left. A part
+    ends where the next one begins, the last at `end` (the table's last page now: it may have
+    grown). A part goes on from its furthest committed batch (`positions`), or from its start."""
+    ranges = []
+    for part, first in enumerate(starts):
+        stop = starts[part + 1] if part + 1 < len(starts) else end
+        start = max(positions.get(part, Tid(first)), Tid(first))
+        if start.page < stop:
+            ranges.append((part, start, stop))
+    return ranges
+
+
+def walk_parts(conn: psycopg.Connection[Any], schema: str, run_id: str, done: Progress,
+               parts: int, end: int) -> list[tuple[int, Tid, int]]:
+    """The parts of this run's walk still to go (`part_ranges`). A walk that has committed no
+    batch yet splits the table (`part_starts`) and registers where its parts begin in
+    `runs.walk_starts` before its first batch: a resume goes on with the same parts, whatever
+    `[run] walk_connections` says then. A run with batches but no parts registered (from before
+    the walk in parts) goes on as one part, from where its last batch left off."""
+    runs = sql.Identifier(schema, "runs")
+    row = conn.execute(sql.SQL("SELECT walk_starts FROM {} WHERE run_id = %s").format(runs),
+                       (run_id,)).fetchone()
+    starts = [int(page) for page in row[0]] if row and row[0] else None
+    if starts is None:
+        starts = [0] if done.batches else part_starts(end, parts)
+        conn.execute(sql.SQL("UPDATE {} SET walk_starts = %s WHERE run_id = %s").format(runs),
+                     (starts, run_id))
+    conn.commit()
+    return part_ranges(starts, done.positions, end)
+
+
+class BatchNumbers:
+    """Batch numbers for the walk's connections and the sweep: each batch takes the next one; a
+    batch that found no key gives its number back, and the lowest number given back is taken
+    first. With one connection the committed batches are numbered 1, 2, 3, ...; with several,
+    a number given back while another connection had taken the next may stay unused."""
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+        self._free: list[int] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            if self._free:
+                return heapq.heappop(self._free)
+            self.last += 1
+            return self.last
+
+    def give_back(self, number: int) -> None:
+        with self._lock:
+            heapq.heappush(self._free, number)
+
+
+class Walk:
+    """The walk's batches (`_WALK`), over the parts of the table, on one or more connections at
+    once: each connection takes the next part not yet walked, walks it batch by batch with a
+    batch sizer of its own, then takes the next. A connection that fails stops the others after
+    their current batch, and its error is the walk's. With one connection it all happens in the
+    calling thread."""
+
+    def __init__(self, statement: sql.Composed, run_id: str, policy: BatchPolicy,
+                 horizon: str | None, end: int, backed_up: int, committed: Progress,
+                 result: Conversion, log: Callable[[str], None], guard: Callable[[], None]) -> None:
+        self.statement, self.run_id, self.policy, self.horizon = statement, run_id, policy, horizon
+        self.end, self.backed_up, self.result, self.log, self.guard = end, backed_up, result, log, guard
+        self.numbers = BatchNumbers(committed.last_batch)
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._parts: list[tuple[int, Tid, int]] = []
+        self._sizers: list[BatchSizer] = []
+
+    def run(self, connections: Sequence[psycopg.Connection[Any]],
+            parts: Sequence[tuple[int, Tid, int]]) -> None:
+        self._parts = list(parts)
+        if len(connections) == 1:
+            self._walker(connections[0])
+            return
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=self._thread, args=(c, errors), daemon=True,
+                                    name=f"fase2-walk-{n}") for n, c in enumerate(connections)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            self.stopping.set()  # an interrupt here: each connection stops after its batch
+            for thread in threads:
+                thread.join()
+        if errors:
+            raise errors[0]
+
+    def sizes(self) -> tuple[int, int]:
+        smallest = [s.smallest for s in self._sizers if s.smallest]
+        return (min(smallest, default=0), max((s.largest for s in self._sizers), default=0))
+
+    def _thread(self, conn: psycopg.Connection[Any], errors: list[BaseException]) -> None:
+        try:
+            self._walker(conn)
+        except BaseException as exc:  # the caller's thread raises it
+            self.stopping.set()
+            with self._lock:
+                errors.append(exc)
+
+    def _walker(self, conn: psycopg.Connection[Any]) -> None:
+        # the walk's statements commit one by one, under the session's lock_timeout (ours alone)
+        conn.autocommit = True
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(
+            sql.Literal(f"{self.policy.lock_timeout_ms}ms")))
+        try:
+            while not self.stopping.is_set():
+                with self._lock:
+                    if not self._parts:
+                        return
+                    part = self._parts.pop(0)
+                self._walk_part(conn, *part)
+        finally:
+            if not conn.closed and not conn.broken:
+                conn.execute("RESET lock_timeout")
+                conn.autocommit = False
+
+    def _walk_part(self, conn: psycopg.Connection[Any], part: int, start: Tid, stop: int) -> None:
+        sizer = BatchSizer(self.policy.size, lock_budget_s(self.policy))
+        sizer.walked(self.end, max(self.backed_up, 1))
+        with self._lock:
+            self._sizers.append(sizer)
+        first_page, seen = start.page, 0
+        retries = Conversion()  # this connection's retries, added to the run's below
+
+        def one_batch(number: int) -> int:
+            """One statement, its own transaction (autocommit): the keys, their conversion and
+            the progress row commit together in one round trip. On two busy cores every round
+            trip waits its turn for a CPU: four a batch (SET, UPDATE, INSERT, COMMIT) cost more
+            than the UPDATE itself (91 s where one plain UPDATE took 46 s at load average 10)."""
+            nonlocal start, seen
+            self.guard()
+            window_end = Tid(min(start.page + sizer.window(), stop))
+            began = time.perf_counter()
+            row = conn.execute(self.statement, {
+                "start": str(start), "stop": str(window_end), "size": sizer.size,
+                "run_id": self.run_id, "batch": number, "lane": part,
+                "unchanged_before": self.horizon, "commit": WALK_SYNCHRONOUS_COMMIT}).fetchone()
+            assert row is not None
+            found, updated, following = int(row[0]), int(row[1]), Tid.parse(row[2])
+            sizer.measured(found, time.perf_counter() - began)
+            start, seen = following, seen + found
+            sizer.walked(start.page - first_page, seen)
+            return updated if found else -1
+
+        try:
+            while start.page < stop and not self.stopping.is_set():
+                number = self.numbers.take()
+                try:
+                    converted = _retrying(self.policy, f"batch {number}", retries, self.log,
+                                          functools.partial(one_batch, number))
+                except BaseException:
+                    self.numbers.give_back(number)
+                    raise
+                if converted < 0:
+                    self.numbers.give_back(number)
+                    continue
+                with self._lock:
+                    self.result.batches += 1
+                    self.result.converted += converted
+                    total = self.result.converted
+                self.log(f"batch {number}: {converted} keys converted (total {total})")
+        finally:
+            with self._lock:
+                self.result.retries += retries.retries
+
+
 def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: str, run_id: str,
                         policy: BatchPolicy, log: Callable[[str], None],
-                        guard: Callable[[], None] = lambda: None) -> Conversion:
+                        guard: Callable[[], None] = lambda: None,
+                        connect: Callable[[], psycopg.Connection[Any]] | None = None) -> Conversion:
     """Convert the keys of the backup table to tenant keys, batch by batch, resumable.
 
     `guard` runs before every attempt at a batch and raises to stop (the run lost its lock).
+    `connect` opens another connection to the same database: with it, the walk takes up to
+    `policy.connections` at once, each over its own part of the table (`walk_parts`, `Walk`).
 
     **The walk.** The batches walk api_keys in physical order, from its first page to the page
     it ended at when the walk began: each takes the next branch keys by `ctid` within a window
@@ -620,71 +835,46 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     If the sweep added to the backup, the backup's CSV and checksum are written again.
     """
     result = Conversion()
-    batch, position, converted = progress(conn, schema, run_id)
+    committed = progress(conn, schema, run_id)
     conn.commit()
     # totals of the run, over every attempt: a resumed run reports all its batches, not its last part
-    result.resumed_after, result.batches, result.converted = batch, batch, converted
-    if batch:
-        log(f"continuing after batch {batch} ({converted} keys already converted by this run)")
+    result.resumed_after, result.batches, result.converted = (
+        committed.last_batch, committed.batches, committed.converted)
+    if committed.last_batch:
+        log(f"continuing after batch {committed.last_batch} ({committed.converted} keys already "
+            "converted by this run)")
     backup = sql.Identifier(schema, table)
     progress_table = sql.Identifier(schema, "fase2_progress")
     record = sql.SQL("INSERT INTO {} (run_id, batch, last_key_id, converted, next_ctid) "
                      "VALUES (%s, %s, %s, %s, %s::tid)").format(progress_table)
-    walk = sql.SQL(_WALK).format(backup=backup, progress=progress_table)
-    start = Tid.parse(position) if position else Tid(0)
-    first_page, end = start.page, _relation_pages(conn)
+    end = _relation_pages(conn)
+    parts = walk_parts(conn, schema, run_id, committed, policy.connections if connect else 1, end)
     backed_up = _count(conn, schema, table)
     horizon = unchanged_before(conn, schema, run_id)
     conn.commit()
-    sizer = BatchSizer(policy.size, lock_budget_s(policy))
-    sizer.walked(end, max(backed_up, 1))
-    seen = 0
-
-    def one_batch() -> int:
-        """One statement, its own transaction (autocommit): the keys, their conversion and the
-        progress row commit together in one round trip. On two busy cores every round trip
-        waits its turn for a CPU: four a batch (SET, UPDATE, INSERT, COMMIT) cost more than the
-        UPDATE itself (91 s where one plain UPDATE took 46 s at load average 10)."""
-        nonlocal batch, start, seen
-        guard()
-        stop = Tid(min(start.page + sizer.window(), end))
-        began = time.perf_counter()
-        row = conn.execute(walk, {"start": str(start), "stop": str(stop), "size": sizer.size,
-                                  "run_id": run_id, "batch": batch + 1, "unchanged_before": horizon,
-                                  "commit": WALK_SYNCHRONOUS_COMMIT}).fetchone()
-        assert row is not None
-        found, updated, following = int(row[0]), int(row[1]), Tid.parse(row[2])
-        sizer.measured(found, time.perf_counter() - began)
-        start, seen = following, seen + found
-        sizer.walked(start.page - first_page, seen)
-        if not found:
-            return -1
-        batch += 1
-        return updated
-
-    # the walk's statements commit one by one, under the session's lock_timeout (ours alone)
-    conn.autocommit = True
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{policy.lock_timeout_ms}ms")))
+    walk = Walk(sql.SQL(_WALK).format(backup=backup, progress=progress_table), run_id, policy,
+                horizon, end, backed_up, committed, result, log, guard)
+    connections = [conn]
     try:
-        while start.page < end:
-            done = _retrying(policy, f"batch {batch + 1}", result, log, one_batch)
-            if done < 0:
-                continue
-            result.batches += 1
-            result.converted += done
-            log(f"batch {batch}: {done} keys converted (total {result.converted})")
+        while connect is not None and len(connections) < min(policy.connections, len(parts)):
+            try:
+                connections.append(connect())
+            except (StepFailed, psycopg.OperationalError) as exc:  # a connection limit
+                log(f"the walk goes on with {len(connections)} connection(s): another was refused "
+                    f"({first_line(exc)})")
+                break
+        result.connections = len(connections)
+        walk.run(connections, parts)
     finally:
-        if not conn.closed and not conn.broken:
-            conn.execute("RESET lock_timeout")
-            conn.autocommit = False
-    result.sizes = (sizer.smallest, sizer.largest)
+        for extra in connections[1:]:
+            extra.close()
+    result.sizes = walk.sizes()
 
     def late_batch() -> int:
         """Find the keys without a lock (after the walk the scope index is full of entries of
         converted rows: the search can take seconds), then, in a short transaction, lock those
         still branch-scoped FOR NO KEY UPDATE: the API's usage log rows (a foreign key check,
         FOR KEY SHARE) never wait for it, and its last-use updates wait for one batch only."""
-        nonlocal batch
         guard()
         # no ORDER BY: with it the planner, whose statistics still say a fifth of the table is
         # branch-scoped, walks the whole primary key for the first `size` branch keys by id and
@@ -696,22 +886,27 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
         conn.commit()
         if not found:
             return -1
-        with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                sql.Literal(f"{policy.lock_timeout_ms}ms")))
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM api_keys WHERE id = ANY(%s) AND scope_type = 'branch' ORDER BY id "
-                "FOR NO KEY UPDATE", (found,)).fetchall()]
-            if not ids:
-                return SWEEP_AGAIN  # converted or re-scoped by someone else meanwhile
-            added = conn.execute(sql.SQL(
-                "INSERT INTO {} SELECT k.*, %s FROM api_keys k WHERE k.id = ANY(%s) "
-                "ON CONFLICT (id) DO NOTHING").format(backup), (run_id, ids)).rowcount
-            updated = conn.execute(
-                "UPDATE api_keys SET scope_type = 'tenant', branch_id = NULL, updated_at = now() "
-                "WHERE id = ANY(%s)", (ids,)).rowcount
-            conn.execute(record, (run_id, batch + 1, max(ids), updated, None))
-        batch += 1
+        number = walk.numbers.take()
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(f"{policy.lock_timeout_ms}ms")))
+                ids = [r[0] for r in conn.execute(
+                    "SELECT id FROM api_keys WHERE id = ANY(%s) AND scope_type = 'branch' "
+                    "ORDER BY id FOR NO KEY UPDATE", (found,)).fetchall()]
+                if not ids:
+                    walk.numbers.give_back(number)
+                    return SWEEP_AGAIN  # converted or re-scoped by someone else meanwhile
+                added = conn.execute(sql.SQL(
+                    "INSERT INTO {} SELECT k.*, %s FROM api_keys k WHERE k.id = ANY(%s) "
+                    "ON CONFLICT (id) DO NOTHING").format(backup), (run_id, ids)).rowcount
+                updated = conn.execute(
+                    "UPDATE api_keys SET scope_type = 'tenant', branch_id = NULL, "
+                    "updated_at = now() WHERE id = ANY(%s)", (ids,)).rowcount
+                conn.execute(record, (run_id, number, max(ids), updated, None))
+        except BaseException:
+            walk.numbers.give_back(number)
+            raise
         result.late_keys += added
         result.moved_keys += updated - added
         return updated
@@ -917,7 +1112,7 @@ def differing_keys(conn: psycopg.Connection[Any], backup: sql.Composable, cols: 
 def batch_policy(run: Run) -> BatchPolicy:
     settings = run.settings.run
     return BatchPolicy(settings.batch_size, settings.lock_timeout_ms, settings.batch_retries,
-                       settings.retry_backoff_s)
+                       settings.retry_backoff_s, settings.walk_connections)
 
 
 class ConvertBranchKeys(DatabaseAction):
@@ -992,14 +1187,17 @@ class ConvertKeys(DatabaseStep):
         if not isinstance(backup, dict):
             raise StepFailed("no FASE 2 backup in this run's facts: the backup step must run first")
         try:
-            with connect(run.database_url, application_name=f"rollback {run.run_id}") as conn:
-                result = convert_branch_keys(conn, schema=backup["schema"], table=backup["table"],
-                                             run_id=run.run_id, policy=batch_policy(run),
-                                             log=run.say, guard=lambda: still_locked(run))
+            application = f"rollback {run.run_id}"
+            with connect(run.database_url, application_name=application) as conn:
+                result = convert_branch_keys(
+                    conn, schema=backup["schema"], table=backup["table"], run_id=run.run_id,
+                    policy=batch_policy(run), log=run.say, guard=lambda: still_locked(run),
+                    connect=lambda: connect(run.database_url, application_name=application))
                 facts: dict[str, Any] = {"conversion": {
                     "batches": result.batches, "converted": result.converted,
                     "retries": result.retries, "late_keys": result.late_keys,
                     "moved_keys": result.moved_keys, "batch_sizes": list(result.sizes),
+                    "walk_connections": result.connections,
                     "resumed_after_batch": result.resumed_after}}
                 # the sweep may have added keys to the backup, in this attempt or one that died:
                 # the registry (refreshed by the conversion) says what the backup holds now

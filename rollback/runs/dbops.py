@@ -118,6 +118,8 @@ class BatchPolicy:
     lock_timeout_ms: int = 2000
     retries: int = 5
     backoff_s: float = 0.5
+    #: the database connections a walk over the table may use at once ([run] walk_connections)
+    connections: int = 1
 
 
 
