@@ -217,6 +217,7 @@ def _timing(driver: DriverTiming) -> dict[str, Any]:
         "retries": driver.retries,
         "batch_size": driver.batch_size,
         "batch_sizes": driver.batch_sizes,
+        "connections": driver.connections,
         "lock_timeout_ms": driver.lock_timeout_ms,
     }
 

@@ -42,6 +42,7 @@ class DriverTiming:
     lock_timeout_ms: int
     backup_rows: int
     batch_sizes: list[int] = field(default_factory=list)  # the adaptive batches: smallest, largest
+    connections: int = 1  # the walk's connections at once ([run] walk_connections, parts of the table)
     started: float = 0.0  # time.monotonic() (system-wide on Linux) when Backup started
     ended: float = 0.0  # and when ConvertKeys returned
 
@@ -86,6 +87,7 @@ def convert_with_driver(env: Mapping[str, str], work: Path, run_id: str,
         lock_timeout_ms=settings.run.lock_timeout_ms,
         backup_rows=int(run.facts.get("fase2_backup", {}).get("row_count", 0)),
         batch_sizes=list(conversion.get("batch_sizes", [])),
+        connections=int(conversion.get("walk_connections", 1)),
         started=started,
         ended=ended,
     )

@@ -220,7 +220,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, list[Row]]]:
              f"{driver['batches']} batches of at most {driver['batch_size']}"
              + (f" (sizes {driver['batch_sizes'][0]}-{driver['batch_sizes'][1]})"
                 if len(driver.get("batch_sizes") or []) == 2 else "")
-             + f", {driver['retries']} retries"),
+             + f", {driver['retries']} retries"
+             + (f", on {driver['connections']} connections" if driver.get("connections", 1) > 1 else "")),
             *([("  driver alone (nothing else running)",
                 f"{conv['driver_quiet']['rows_per_s']:,} rows/s",
                 f"quiet floor {conv['floor_quiet']['rows_per_s']:,} rows/s",

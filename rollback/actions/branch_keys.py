@@ -15,7 +15,8 @@ In the backup schema (`[run] backup_schema`, default `rollback_backup`):
 
 The backup's checksum is the SHA-256 of its CSV (the table streamed out by one COPY, in id
 order). The conversion walks api_keys in physical order (ctid ranges) in batches sized to a lock
-budget, then sweeps up by id what the walk passed by (rows the API moved meanwhile, keys made
+budget, on `[run] walk_connections` connections at once, each over its own part of the table,
+then sweeps up by id what the walk passed by (rows the API moved meanwhile, keys made
 branch-scoped after the backup); a batch and its progress row commit together under `SET LOCAL
 lock_timeout`, and a batch that cannot get its locks is retried. A rerun goes on from the last
 committed batch (see `convert_branch_keys`). The undo (`restore_fase2`) updates the rows that
@@ -814,6 +815,10 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     batch by id instead reads 500 random pages for 500 keys, and pages it reads again later; in
     physical order each page is read once, as by one plain UPDATE. The batch size adapts
     (`BatchSizer`) to keep a batch within its lock budget; `[run] batch_size` is its largest.
+    With `connect`, the table is split into parts (`walk_parts`: where they begin is registered
+    before the first batch) and up to `policy.connections` connections walk them at once, each
+    a part at a time (`Walk`): one plain UPDATE keeps one backend busy, two connections keep two.
+    Each connection's batches hold only their own keys' locks, under the same lock budget.
     A batch is one statement in its own transaction, progress row included (one round trip),
     committed asynchronously (`WALK_SYNCHRONOUS_COMMIT`); the step ends with a synchronous
     commit (`make_durable`).
@@ -1162,8 +1167,10 @@ class ConvertKeys(DatabaseStep):
             tenants = branch_keys_now(conn)
         keys = sum(len(t.keys) for t in tenants)
         lines = [f"convert {keys} branch keys of {len(tenants)} tenants to tenant keys "
-                 f"(scope_type 'tenant', branch_id NULL) in physical order, in batches of at "
-                 f"most {settings.batch_size} sized to hold their locks under "
+                 f"(scope_type 'tenant', branch_id NULL) in physical order, on up to "
+                 f"{settings.walk_connections} connections at once (one on a table under "
+                 f"{2 * MIN_PART_PAGES} pages), in batches of at most {settings.batch_size} "
+                 "sized to hold their locks under "
                  f"{lock_budget_s(batch_policy(run)) * 1000:.0f} ms, "
                  f"lock_timeout {settings.lock_timeout_ms} ms, {settings.batch_retries} retries; "
                  "no key is deleted or deactivated; before the deploy, so that the reverted "
