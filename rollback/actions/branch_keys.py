@@ -639,17 +639,19 @@ def part_ranges(starts: Sequence[int], positions: Mapping[int, Tid],
 
 def walk_parts(conn: psycopg.Connection[Any], schema: str, run_id: str, done: Progress,
                parts: int, end: int) -> list[tuple[int, Tid, int]]:
-    """The parts of this run's walk still to go (`part_ranges`). A walk that has committed no
-    batch yet splits the table (`part_starts`) and registers where its parts begin in
-    `runs.walk_starts` before its first batch: a resume goes on with the same parts, whatever
-    `[run] walk_connections` says then. A run with batches but no parts registered (from before
-    the walk in parts) goes on as one part, from where its last batch left off."""
+    """The parts of this run's walk still to go (`part_ranges`). A walk without parts registered
+    splits the table (`part_starts`) and registers where its parts begin in `runs.walk_starts`
+    before its first batch: a resume goes on with the same parts, whatever `[run]
+    walk_connections` says then. A run with batches but no parts (from before the walk in
+    parts) is split too: its batches are part 0's, which goes on from the furthest of them; a
+    part it had walked into already is walked again from its start, finding nothing to convert
+    there."""
     runs = sql.Identifier(schema, "runs")
     row = conn.execute(sql.SQL("SELECT walk_starts FROM {} WHERE run_id = %s").format(runs),
                        (run_id,)).fetchone()
     starts = [int(page) for page in row[0]] if row and row[0] else None
     if starts is None:
-        starts = [0] if done.batches else part_starts(end, parts)
+        starts = part_starts(end, parts)
         conn.execute(sql.SQL("UPDATE {} SET walk_starts = %s WHERE run_id = %s").format(runs),
                      (starts, run_id))
     conn.commit()
