@@ -153,7 +153,8 @@ def _api_lock_timeouts(sbx: Sandbox) -> int:
 
 
 def measure(root: Path, work: Path, *, keys: int, baseline_s: float, log: Log,
-            lookup_keys: int = 64, batch_size: int | None = None) -> dict[str, Any]:
+            lookup_keys: int = 64, batch_size: int | None = None,
+            walk_connections: int | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     log(f"  rollback sandbox up --keys {keys} ...")
     with running(root, keys=keys, timeout_s=420) as sbx:
@@ -165,7 +166,9 @@ def measure(root: Path, work: Path, *, keys: int, baseline_s: float, log: Log,
         list_key = mint_tenant_keys(sbx.database_url, sbx.state.tenant_id, 1, rng)[0]
         total, branch = _count(sbx.database_url)
         copies = [FLOOR_DATABASE, QUIET_DATABASE, QUIET_DRIVER_DATABASE]
-        run_settings = {"batch_size": batch_size} if batch_size else {}
+        run_settings = {name: value for name, value in (("batch_size", batch_size),
+                                                        ("walk_connections", walk_connections))
+                        if value}
         try:
             copy_s = copy_database(sbx, copies)
             log(f"  {len(copies)} identical copies made in {copy_s:.1f} s; {branch:,} of {total:,} "
