@@ -612,7 +612,7 @@ _WALK = """
 
 
 #: the fewest pages a part of the walk takes: another connection is worth opening for a part
-#: that takes a second or more (1000 pages of api_keys hold about 30,000 keys)
+#: that takes a second or more (1000 pages of api_keys hold about 28,000 keys)
 MIN_PART_PAGES = 1000
 
 
@@ -637,7 +637,7 @@ def part_ranges(starts: Sequence[int], positions: Mapping[int, Tid],
     return ranges
 
 
-def walk_parts(conn: psycopg.Connection[Any], schema: str, run_id: str, done: Progress,
+def walk_parts(conn: psycopg.Connection[Any], schema: str, run_id: str, committed: Progress,
                parts: int, end: int) -> list[tuple[int, Tid, int]]:
     """The parts of this run's walk still to go (`part_ranges`). A walk without parts registered
     splits the table (`part_starts`) and registers where its parts begin in `runs.walk_starts`
@@ -655,7 +655,7 @@ def walk_parts(conn: psycopg.Connection[Any], schema: str, run_id: str, done: Pr
         conn.execute(sql.SQL("UPDATE {} SET walk_starts = %s WHERE run_id = %s").format(runs),
                      (starts, run_id))
     conn.commit()
-    return part_ranges(starts, done.positions, end)
+    return part_ranges(starts, committed.positions, end)
 
 
 class BatchNumbers:
@@ -806,8 +806,7 @@ def convert_branch_keys(conn: psycopg.Connection[Any], *, schema: str, table: st
     """Convert the keys of the backup table to tenant keys, batch by batch, resumable.
 
     `guard` runs before every attempt at a batch and raises to stop (the run lost its lock).
-    `connect` opens another connection to the same database: with it, the walk takes up to
-    `policy.connections` at once, each over its own part of the table (`walk_parts`, `Walk`).
+    `connect` opens another connection to the same database, for the walk's other parts.
 
     **The walk.** The batches walk api_keys in physical order, from its first page to the page
     it ended at when the walk began: each takes the next branch keys by `ctid` within a window
