@@ -402,11 +402,16 @@ def _wait_for_step(target: Target, step: str, process: subprocess.Popen[str]) ->
 def test_ctrl_c_exits_130_and_the_next_run_resumes_under_the_same_run_id(target: Target) -> None:
     box = target.box
     deploy = tomllib.loads(target.config.read_text())["target"]["deploy_command"]
-    slow = make_target(box, target.config.parent, target={"deploy_command": f"sleep 3; {deploy}"})
+    # the deploy waits until the test lets it go: the Ctrl-C lands in it however slowly the
+    # test gets to send it (a fixed sleep let a busy machine finish the whole run first)
+    go = target.config.parent / "deploy-may-go"
+    slow = make_target(box, target.config.parent, target={
+        "deploy_command": f"while [ ! -e {go} ]; do sleep 0.1; done; {deploy}"})
     process = subprocess.Popen(slow.command("run", "fase2", "--yes"), cwd=ROOT, env=slow.env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                stdin=subprocess.DEVNULL)
     _wait_for_step(target, "deploy", process)
+    assert process.poll() is None, process.communicate()
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
@@ -416,6 +421,7 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes_under_the_same_run_id(target:
     assert not (box.repo / ".git" / "rollback.lock").exists()
     assert state_of(box).branch_keys == 0  # converted before the deploy, which was cut short
 
+    go.touch()
     resumed = target.rollback("run", "fase2", "--yes")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming run {interrupted.run_id}" in resumed.stdout
