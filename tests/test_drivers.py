@@ -398,6 +398,13 @@ def _wait_for_step(target: Target, step: str, process: subprocess.Popen[str]) ->
     raise AssertionError(f"step {step} never started")
 
 
+def _as_from_a_terminal() -> None:
+    """The child's Ctrl-C as a terminal's foreground command has it. A test session started in
+    the background by a shell without job control (`cmd &`) ignores SIGINT, and every process
+    it starts inherits that: the run would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_exits_130_and_the_next_run_resumes_under_the_same_run_id(target: Target) -> None:
     box = target.box
@@ -409,7 +416,7 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes_under_the_same_run_id(target:
         "deploy_command": f"while [ ! -e {go} ]; do sleep 0.1; done; {deploy}"})
     process = subprocess.Popen(slow.command("run", "fase2", "--yes"), cwd=ROOT, env=slow.env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, preexec_fn=_as_from_a_terminal)
     _wait_for_step(target, "deploy", process)
     assert process.poll() is None, process.communicate()
     process.send_signal(signal.SIGINT)

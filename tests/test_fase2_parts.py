@@ -128,9 +128,11 @@ def test_a_walk_stopped_mid_way_goes_on_with_the_same_parts(any_fresh_sandbox: S
     first = _rows(box)
     starts = _starts(box)
     assert first and _branch_keys(box) == backup.row_count - sum(n for _, _, n, _ in first)
-    assert len(first) <= at_failure[0] + 1, (
+    # the other connection may commit the batch it had in flight and, had it just passed its
+    # check of the walk's state, one more; never the rest of its part
+    assert len(first) <= at_failure[0] + 2, (
         f"{len(first)} batches committed, {at_failure[0]} when one connection failed: the "
-        "other went on after its batch in flight")
+        "other went on walking its part")
     furthest = {part: max((branch_keys.Tid.parse(at) for _, p, _, at in first if p == part and at),
                           default=branch_keys.Tid(starts[part])) for part in (0, 1)}
 

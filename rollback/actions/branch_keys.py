@@ -728,7 +728,6 @@ class Walk:
         try:
             self._walker(conn)
         except BaseException as exc:  # the caller's thread raises it
-            self.stopping.set()
             with self._lock:
                 errors.append(exc)
 
@@ -744,6 +743,9 @@ class Walk:
                         return
                     part = self._parts.pop(0)
                 self._walk_part(conn, *part)
+        except BaseException:
+            self.stopping.set()  # at once: the others stop after the batch they have in flight
+            raise
         finally:
             if not conn.closed and not conn.broken:
                 conn.execute("RESET lock_timeout")
