@@ -409,16 +409,19 @@ def _as_from_a_terminal() -> None:
 def test_ctrl_c_exits_130_and_the_next_run_resumes_under_the_same_run_id(target: Target) -> None:
     box = target.box
     deploy = tomllib.loads(target.config.read_text())["target"]["deploy_command"]
-    # the deploy waits until the test lets it go: the Ctrl-C lands in it however slowly the
-    # test gets to send it (a fixed sleep let a busy machine finish the whole run first)
-    go = target.config.parent / "deploy-may-go"
+    # the deploy says it has begun, then waits until the test lets it go: the Ctrl-C lands in
+    # the deploy command however slowly a busy machine lets the test send it
+    begun, go = target.config.parent / "deploy-begun", target.config.parent / "deploy-may-go"
     slow = make_target(box, target.config.parent, target={
-        "deploy_command": f"while [ ! -e {go} ]; do sleep 0.1; done; {deploy}"})
+        "deploy_command": f"touch {begun}; while [ ! -e {go} ]; do sleep 0.1; done; {deploy}"})
     process = subprocess.Popen(slow.command("run", "fase2", "--yes"), cwd=ROOT, env=slow.env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                stdin=subprocess.DEVNULL, preexec_fn=_as_from_a_terminal)
     _wait_for_step(target, "deploy", process)
-    assert process.poll() is None, process.communicate()
+    deadline = time.monotonic() + 60
+    while not begun.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr

@@ -272,9 +272,10 @@ def _run_step(run: Run, step: Step) -> None:
     run.current_step = step.name
     run.ui.say(f"▶ {step.title}", "bold")
     run.note(f"{step.title}: started")
-    run.journal.write("step_started", step=step.name)
     started = time.monotonic()
     try:
+        # inside: a Ctrl-C while the line is being written interrupts this step, journaled
+        run.journal.write("step_started", step=step.name)
         done = step.run(run)
     except KeyboardInterrupt:
         run.journal.write("run_interrupted", step=step.name,
