@@ -67,6 +67,7 @@ def test_the_horizon_is_used_only_while_age_can_compare_it(backup_xmin: int | No
     (MIN_PART_PAGES * 2 - 1, 2, [0]),  # a part would be short of MIN_PART_PAGES: one part
     (MIN_PART_PAGES * 2, 2, [0, MIN_PART_PAGES]),
     (MIN_PART_PAGES * 3, 2, [0, MIN_PART_PAGES * 3 // 2]),
+    (MIN_PART_PAGES * 2 + 1, 2, [0, MIN_PART_PAGES]),  # whole pages: the odd one to the last part
     (MIN_PART_PAGES * 3, 5, [0, MIN_PART_PAGES, MIN_PART_PAGES * 2]),  # fewer, each long enough
     (MIN_PART_PAGES * 10, 1, [0]),    # one connection: one part
 ], ids=lambda v: str(v))

@@ -1170,10 +1170,11 @@ class ConvertKeys(DatabaseStep):
             tenants = branch_keys_now(conn)
         keys = sum(len(t.keys) for t in tenants)
         lines = [f"convert {keys} branch keys of {len(tenants)} tenants to tenant keys "
-                 f"(scope_type 'tenant', branch_id NULL) in physical order, on up to "
-                 f"{settings.walk_connections} connections at once (one on a table under "
-                 f"{2 * MIN_PART_PAGES} pages), in batches of at most {settings.batch_size} "
-                 "sized to hold their locks under "
+                 f"(scope_type 'tenant', branch_id NULL) in physical order, "
+                 + ("on one connection" if settings.walk_connections == 1 else
+                    f"on up to {settings.walk_connections} connections at once (one on a table "
+                    f"under {2 * MIN_PART_PAGES} pages)")
+                 + f", in batches of at most {settings.batch_size} sized to hold their locks under "
                  f"{lock_budget_s(batch_policy(run)) * 1000:.0f} ms, "
                  f"lock_timeout {settings.lock_timeout_ms} ms, {settings.batch_retries} retries; "
                  "no key is deleted or deactivated; before the deploy, so that the reverted "
