@@ -11,8 +11,10 @@
     5. the same UPDATE on the second copy with nothing else running (the quiet floor), then the
        driver's two steps on a third copy, also with nothing else running (the quiet driver)
 
-Each measured run (driver or floor) starts after `settle()` (os.sync): the copies' and the
-previous run's dirty pages would otherwise be written back during the next run, not its own.
+Each measured run (baseline, driver or floor) starts after `settle()` (os.sync): the copies' and
+the previous run's dirty pages would otherwise be written back during the next run, not its own.
+(Before 2026-12-02 the baseline did not: the copies' writes could land in it, raising the p99
+that the conversion's p99 is divided by.)
 
 The throughput aim compares the driver with the floor under the same read load (the machine is
 then equally busy for both); the quiet floor is reported beside it, and the quiet driver against
@@ -291,6 +293,7 @@ def _under_load(sbx: Sandbox, work: Path, lookup: list[str], list_key: str, base
         time.sleep(0.2)
         settings = {str(name): str(value) for name, value in conn.execute(
             "SELECT name, setting FROM pg_settings WHERE name IN ('log_lock_waits', 'deadlock_timeout')")}
+    settle()  # the copies' writes, else written back during the baseline: a high baseline p99
     with loadgen.running(load, sampler):
         time.sleep(min(2.0, baseline_s / 3))  # warm-up: connections, the API's pool, caches
         psutil.cpu_percent()
