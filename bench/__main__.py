@@ -28,6 +28,10 @@ Options:
     --batch-size N          the driver's [run] batch_size for the conversion (default: its own)
     --walk-connections N    the driver's [run] walk_connections for the conversion (default: its
                             own, 2): 1 walks with one connection, as before the walk in parts
+    --conversion-rounds N   rounds of baseline, driver and floor under the read load (default 3;
+                            1 with --quick), the database copied back between them and the
+                            order of driver and floor swapped each round; the aims are judged
+                            on the medians of the rounds' ratios
     --scale-keys LIST       sizes for the conversion's scale figures, comma-separated (default
                             100000,1000000; add 5000000 for the largest, about 25 more minutes
                             here; `none` leaves them out): rows/s at each size against a floor
@@ -45,6 +49,7 @@ Examples:
     python -m bench --quick                           # under a minute
     python -m bench --only conversion --batch-size 2000
     python -m bench --only conversion --walk-connections 1
+    python -m bench --only conversion --scale-keys none --conversion-rounds 5
 
 Every sandbox lives in the work folder, on free ports, and is stopped on the way out, also on
 Ctrl-C. Exit 0 when every figure was measured (a missed aim is reported, not a failure: no
@@ -108,11 +113,12 @@ class Bench:
 
     def __init__(self, *, keys: int, runs: int, monitor_cycles: int, baseline_s: float,
                  batch_size: int | None, only: list[str], work: Path, argv: list[str],
-                 scale_keys: list[int] | None = None, walk_connections: int | None = None) -> None:
+                 scale_keys: list[int] | None = None, walk_connections: int | None = None,
+                 conversion_rounds: int = 1) -> None:
         self.scale_keys = scale_keys or []
         self.keys, self.runs, self.monitor_cycles = keys, runs, monitor_cycles
         self.baseline_s, self.batch_size, self.only, self.work = baseline_s, batch_size, only, work
-        self.walk_connections = walk_connections
+        self.walk_connections, self.conversion_rounds = walk_connections, conversion_rounds
         self.started = time.perf_counter()
         now = datetime.now(UTC)
         self.report: dict[str, Any] = {
@@ -122,7 +128,8 @@ class Bench:
             "argv": argv,
             "options": {"keys": keys, "runs": runs, "monitor_cycles": monitor_cycles,
                         "baseline_s": baseline_s, "batch_size": batch_size,
-                        "walk_connections": walk_connections, "only": only,
+                        "walk_connections": walk_connections,
+                        "conversion_rounds": conversion_rounds, "only": only,
                         "scale_keys": scale_keys},
             "machine": machine.describe(),
             **dict.fromkeys(SECTIONS),
@@ -164,7 +171,8 @@ class Bench:
         result = conversion.measure(self.work / "sbx-conversion", self.work / "conversion",
                                     keys=self.keys, baseline_s=self.baseline_s, log=log,
                                     batch_size=self.batch_size,
-                                    walk_connections=self.walk_connections)
+                                    walk_connections=self.walk_connections,
+                                    rounds=self.conversion_rounds)
         self.keyed_ups[str(self.keys)] = result["sandbox_up_s"]
         if self.scale_keys:
             log("  scale: the conversion at each of " + ", ".join(f"{k:,}" for k in self.scale_keys)
@@ -233,6 +241,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 @click.option("--baseline-s", type=click.FloatRange(1, 600))
 @click.option("--batch-size", type=click.IntRange(1, 100_000))
 @click.option("--walk-connections", type=click.IntRange(1, 8))
+@click.option("--conversion-rounds", type=click.IntRange(1, 20))
 @click.option("--scale-keys", default=None, callback=lambda _c, _p, v: _sizes(v))
 @click.option("--only", default=None, callback=lambda _c, _p, v: None if v is None else _sections(v))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "reports" / "bench")
@@ -240,7 +249,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 @click.option("--keep-work", is_flag=True)
 def main(quick: bool, keys: int | None, runs: int | None, monitor_cycles: int | None,
          baseline_s: float | None, batch_size: int | None, walk_connections: int | None,
-         scale_keys: list[int] | None, only: list[str], out: Path,
+         conversion_rounds: int | None, scale_keys: list[int] | None, only: list[str], out: Path,
          work_parent: Path, keep_work: bool) -> None:
     if only is None:  # every section; --quick leaves the fail-fast cases out (minutes of faults)
         only = [s for s in SECTIONS if not (quick and s == "failfast")]
@@ -251,6 +260,7 @@ def main(quick: bool, keys: int | None, runs: int | None, monitor_cycles: int | 
                   monitor_cycles=monitor_cycles or (5 if quick else 300),
                   baseline_s=baseline_s or (3.0 if quick else 15.0), batch_size=batch_size,
                   only=only, work=work, argv=sys.argv[1:], walk_connections=walk_connections,
+                  conversion_rounds=conversion_rounds or (1 if quick else 3),
                   scale_keys=scale_keys if scale_keys is not None else
                   [keys or 20_000] if quick else [100_000, keys or 1_000_000])
     console.print(f"work folder {work}; machine: {report.machine_line(bench.report)}", soft_wrap=True)

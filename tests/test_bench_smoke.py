@@ -39,7 +39,7 @@ def test_quick_benchmark_reports_every_figure_and_stops_every_sandbox(tmp_path: 
     env = {k: v for k, v in os.environ.items() if k not in TARGET_VARIABLES}
     try:
         result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out),
-                                 "--work", str(work)],
+                                 "--work", str(work), "--conversion-rounds", "2"],
                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=870)
         left = _processes_under(work)
     finally:
@@ -62,6 +62,10 @@ def test_quick_benchmark_reports_every_figure_and_stops_every_sandbox(tmp_path: 
     conversion = report["conversion"]
     assert conversion["driver"]["rows"] == conversion["branch_keys"] == conversion["floor"]["rows"]
     assert conversion["branch_keys_after"] == 0
+    # two rounds: the second converted every key again, so the database was copied back first
+    assert [(r["round"], r["floor_first"], r["rows"]) for r in conversion["rounds"]] == [
+        (1, False, conversion["branch_keys"]), (2, True, conversion["branch_keys"])]
+    assert conversion["medians"]["p99_ratio"] is not None
     assert {a["name"] for a in report["aims"]} == {
         "no request fails", "p99 under twice the baseline", "no block over one second",
         "throughput at least 0.8x the floor"}
