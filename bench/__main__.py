@@ -45,7 +45,7 @@ Options:
 
 Examples:
 
-    python -m bench                                   # everything, about 8 minutes on 2 cores
+    python -m bench                                   # everything, about 15 minutes on 2 cores
     python -m bench --quick                           # under a minute
     python -m bench --only conversion --batch-size 2000
     python -m bench --only conversion --walk-connections 1
@@ -213,8 +213,9 @@ class Bench:
             rep["aims"] = [a.as_dict() for a in report.judge(conv)]
         if rep.get("monitor") and "error" not in rep["monitor"]:
             rep["notes"] += [f"monitor: {n}" for n in rep["monitor"].get("notes", [])]
-        if rep["duration_s"] > 600 and set(self.only) == set(SECTIONS):
-            rep["notes"].append(f"the run took {rep['duration_s']:.0f} s, over the 10 minutes it should "
+        # 892 s measured on 2 cores with three conversion rounds (2026-12-02); 20 minutes is slow
+        if rep["duration_s"] > 1200 and set(self.only) == set(SECTIONS):
+            rep["notes"].append(f"the run took {rep['duration_s']:.0f} s, over the 20 minutes it should "
                                 "take on a 2-core machine")
         missing = []
         for name in self.only:
