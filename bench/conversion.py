@@ -51,7 +51,7 @@ from bench.common import BenchError, Log
 from bench.driver import DriverTiming, convert_in_subprocess
 from bench.keys import adopt_keys, mint_tenant_keys
 from bench.sandboxes import Sandbox, running
-from bench.stats import rounded
+from bench.stats import median, rounded
 from sandbox import control
 
 FLOOR_DATABASE, QUIET_DATABASE = "bench_floor", "bench_floor_quiet"
@@ -296,7 +296,7 @@ def scale(root: Path, work: Path, *, sizes: Sequence[int], log: Log,
 def median_round(measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One round's figures, that of the median throughput ratio (the lower of the middle two),
     judged on the medians of every round's two ratios (throughput, p99): one round is one
-    sample of a machine whose floor alone took 14-19 s within one half hour."""
+    sample of a machine whose floor alone took 11.8-18.2 s within 13 minutes (2026-12-02)."""
     ordered = sorted(measured, key=lambda r: r["throughput_ratio"] or 0.0)
     chosen = ordered[(len(ordered) - 1) // 2]
     if len(measured) == 1:
@@ -311,16 +311,9 @@ def median_round(measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
     chosen["round_shown"] = measured.index(chosen) + 1
     chosen["medians"] = {
         "throughput_ratio": chosen["throughput_ratio"],
-        "p99_ratio": median_of([r["load"]["p99_ratio"] for r in measured])}
+        "p99_ratio": rounded(median([r["load"]["p99_ratio"] for r in measured
+                                     if r["load"]["p99_ratio"] is not None]), 2)}
     return chosen
-
-
-def median_of(values: Sequence[float | None]) -> float | None:
-    known = sorted(v for v in values if v is not None)
-    if not known:
-        return None
-    middle = len(known) // 2
-    return rounded(known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2, 2)
 
 
 def _under_load(sbx: Sandbox, work: Path, lookup: list[str], list_key: str, baseline_s: float,
@@ -357,12 +350,12 @@ def _under_load(sbx: Sandbox, work: Path, lookup: list[str], list_key: str, base
             floor = floor_update(sbx.admin_url(FLOOR_DATABASE))
             ended, cpu = time.monotonic(), psutil.cpu_percent()
             log(f"  floor under the same load: one UPDATE of {floor['rows']:,} rows in {floor['seconds']} s")
-            settle()
-            psutil.cpu_percent()
             return floor, started, ended, cpu
 
         if floor_first:
             floor, floor_start, floor_end, cpu_floor = run_floor()
+            settle()
+            psutil.cpu_percent()  # the driver's CPU share from here
         driver = convert_in_subprocess(sbx.env(), work, run_id, run_settings)
         # the steps' own clock (CLOCK_MONOTONIC is system-wide), not the child's start-up
         conv_start, conv_end = driver.started, driver.ended
@@ -370,8 +363,8 @@ def _under_load(sbx: Sandbox, work: Path, lookup: list[str], list_key: str, base
         cpu_during = psutil.cpu_percent()
         log(f"  driver: backup {driver.backup_s:.1f} s + conversion {driver.convert_s:.1f} s for "
             f"{driver.rows:,} keys ({driver.batches} batches, {driver.retries} retries)")
-        settle()
         if not floor_first:
+            settle()
             floor, floor_start, floor_end, cpu_floor = run_floor()
     if sampler.error:
         raise BenchError(f"lock sampler failed: {sampler.error}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.conversion import median_of, median_round
+from bench.conversion import median_round
 from bench.driver import DriverTiming
 from bench.report import judge
 
@@ -41,9 +41,11 @@ def test_an_even_count_shows_the_lower_middle_round_and_averages_the_p99_middle(
     assert chosen["medians"] == {"throughput_ratio": 0.7, "p99_ratio": 2.25}
 
 
-def test_median_of_skips_unmeasured_ratios() -> None:
-    assert median_of([None, 3.0, 1.0]) == 2.0
-    assert median_of([None]) is None
+def test_a_round_without_a_p99_ratio_is_left_out_of_its_median() -> None:
+    unmeasured = _round(0.7, 1.0)
+    unmeasured["load"]["p99_ratio"] = None
+    assert median_round([unmeasured, _round(0.8, 3.0), _round(0.9, 1.0)])["medians"]["p99_ratio"] == 2.0
+    assert median_round([unmeasured, dict(unmeasured)])["medians"]["p99_ratio"] is None
 
 
 def _conversion(p99_ratio: float, medians: dict[str, float] | None) -> dict[str, Any]:
